@@ -1,0 +1,64 @@
+"""The `p2p` command: a Typer app whose commands live in one small module each."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from p2p_cli import __version__
+from p2p_cli.errors import P2PError
+
+app = typer.Typer(
+    name="p2p",
+    help="Prototypical part networks (ProtoPNet) and Proto2Proto interpretability distillation.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"p2p {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """Prototypical part networks (ProtoPNet) and Proto2Proto interpretability distillation."""
+
+
+def _register() -> None:
+    from p2p_cli.cli import data, models, train
+
+    app.command("train-teacher", no_args_is_help=False)(train.train_teacher_cmd)
+    app.command("models")(models.models_cmd)
+    app.add_typer(data.app, name="data")
+
+
+_register()
+
+
+def user_message(exc: BaseException) -> str:
+    """The one line to show for a user error (also when it crossed a DataLoader worker)."""
+    text = str(exc)
+    if "Original Traceback" in text:  # re-raised from a DataLoader worker: keep the original message
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if last.startswith("p2p_cli.errors.P2PError") else last
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        app()
+    except P2PError as exc:
+        typer.echo(f"error: {user_message(exc)}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)

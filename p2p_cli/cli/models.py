@@ -1,0 +1,52 @@
+"""`p2p models`: the backbone registry and the trained runs in the workdir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from p2p_cli.cli.common import WorkdirOpt
+from p2p_cli.io.checkpoint import read_metadata
+from p2p_cli.io.rundir import list_runs
+from p2p_cli.models.registry import list_backbones
+
+
+def models_cmd(
+    workdir: WorkdirOpt = Path("runs"),
+    timm_filter: Annotated[str | None, typer.Option("--timm", help="also list timm models matching a pattern, "
+                                                    "e.g. 'efficientnet*' (any timm CNN can be a backbone)")] = None,
+) -> None:
+    """List the registered backbones and the trained models in WORKDIR."""
+    console = Console()
+    table = Table(title="backbones", title_justify="left")
+    for col in ("name", "timm model", "family", "D", "add-on", "stride"):
+        table.add_column(col)
+    for spec in list_backbones():
+        table.add_row(spec.name, spec.timm_id, spec.family, str(spec.prototype_depth), spec.add_on,
+                      str(spec.feature_stride))
+    console.print(table)
+    if timm_filter:
+        import timm
+
+        names = timm.list_models(timm_filter)
+        console.print(f"timm models matching '{timm_filter}' ({len(names)}): " + ", ".join(names))
+    runs = list_runs(workdir)
+    if not runs:
+        console.print(f"no trained models in {workdir}")
+        return
+    rtable = Table(title=f"trained models in {workdir}", title_justify="left")
+    for col in ("run", "arch", "backbone", "prototypes", "classes", "test acc", "teacher", "method"):
+        rtable.add_column(col)
+    for run in runs:
+        meta = read_metadata(run.model_path)
+        teacher = meta.get("teacher")
+        acc = meta.get("test_acc")
+        rtable.add_row(run.name, str(meta.get("arch", "?")), str(meta.get("model_config", {}).get("backbone", "?")),
+                       str(meta.get("num_prototypes", "?")), str(len(meta.get("class_names", []))),
+                       f"{acc:.3f}" if isinstance(acc, float) else "–",
+                       str(teacher.get("name")) if isinstance(teacher, dict) else "–", str(meta.get("method", "–")))
+    console.print(rtable)

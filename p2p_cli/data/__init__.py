@@ -1,0 +1,26 @@
+"""Datasets: indexes (CUB, Stanford Cars, folders, synthetic), image loading, transforms, checks.
+
+Names are re-exported lazily so that ``import p2p_cli.data.synthetic`` (or the CLI's
+``--help``) does not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "synthetic": ("synthesize", "ensure_synthetic", "default_cache_dir", "PRESETS"),
+    "datasets": ("KINDS", "DataError", "DatasetIndex", "ImageDataset", "Sample", "file_sha256",
+                 "input_geometry", "load_index", "parts_in_input", "unwrap_worker_error"),
+    "transforms": ("IMAGENET_MEAN", "IMAGENET_STD", "denormalize", "eval_transform", "train_transform"),
+    "check": ("CheckRow", "check_dataset"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

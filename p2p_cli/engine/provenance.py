@@ -1,0 +1,78 @@
+"""Prototype provenance records (SPEC §4) from a push result and the dataset it ran over."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from p2p_cli.data.datasets import DatasetIndex, file_sha256
+from p2p_cli.engine.push import PushResult
+from p2p_cli.models.protopnet import log_similarity
+
+
+def high_activation_box(distance_map: torch.Tensor, image_size: int, percentile: float = 95.0) -> list[int]:
+    """ProtoPNet's box: upsample the similarity map (H, W) bicubically to the image size and take
+    the bounding box of the pixels at or above the ``percentile``-th percentile.
+    Returns [x0, y0, x1, y1] in input pixels (x1, y1 exclusive)."""
+    sim = log_similarity(distance_map.float())[None, None]
+    up = F.interpolate(sim, size=(image_size, image_size), mode="bicubic", align_corners=False)[0, 0]
+    threshold = torch.quantile(up.flatten(), percentile / 100.0)
+    ys, xs = torch.nonzero(up >= threshold, as_tuple=True)
+    return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+
+
+def patch_box(location: tuple[int, int], grid: tuple[int, int], image_size: int) -> list[int]:
+    """The grid cell of ``location`` scaled to input pixels, [x0, y0, x1, y1]."""
+    (h, w), (gh, gw) = location, grid
+    return [round(w * image_size / gw), round(h * image_size / gh),
+            round((w + 1) * image_size / gw), round((h + 1) * image_size / gh)]
+
+
+def provenance_records(result: PushResult, index: DatasetIndex, class_identity: torch.Tensor,
+                       image_size: int, *, crop_bbox: bool = False) -> list[dict[str, Any]]:
+    """One JSON-ready record per prototype."""
+    records = []
+    sha_cache: dict[int, str] = {}
+    for j in range(len(result.image_index)):
+        classes = torch.nonzero(class_identity[j] > 0).flatten().tolist()
+        src = int(result.image_index[j])
+        rec: dict[str, Any] = {
+            "prototype": j,
+            "classes": [index.classes[c] for c in classes],
+            "class_ids": classes,
+        }
+        if src < 0:
+            rec["source"] = None
+        else:
+            sample = index.train[src]
+            if src not in sha_cache:
+                sha_cache[src] = file_sha256(sample.path)
+            loc = (int(result.location[j, 0]), int(result.location[j, 1]))
+            rec.update({
+                "source": {"index": src, "path": str(sample.path), "sha256": sha_cache[src],
+                           "label": index.classes[sample.label]},
+                "location": list(loc),
+                "distance_before": _num(result.distance_before[j]),
+                "distance_after": _num(result.distance_after[j]),
+                "patch_box": patch_box(loc, result.grid, image_size),
+                "activation_box": high_activation_box(result.distance_maps[j], image_size),
+                "crop_bbox": crop_bbox,
+            })
+        records.append(rec)
+    return records
+
+
+def _num(x: torch.Tensor | float) -> float | None:
+    v = float(x)
+    return None if math.isnan(v) or math.isinf(v) else v
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    before = np.array([r["distance_before"] for r in records if r.get("distance_before") is not None])
+    return {"prototypes": len(records), "unpushed": sum(r["source"] is None for r in records),
+            "mean_distance_before": float(before.mean()) if before.size else None,
+            "distinct_source_images": len({r["source"]["index"] for r in records if r["source"]})}

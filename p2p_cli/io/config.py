@@ -1,0 +1,201 @@
+"""Run configuration: one flat, typed, validated schema; YAML file + flag overrides.
+
+One config = one experiment. Every key has a flag of the same name (``lr_backbone`` →
+``--lr-backbone``); a flag beats the file, the file beats the default. Unknown or mistyped
+keys and out-of-range values are one-line errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from p2p_cli.errors import P2PError, did_you_mean
+
+SCHEMA_VERSION = 1
+
+
+def _key(default: Any, help: str, *, minimum: float | None = None, choices: tuple[str, ...] = ()) -> Any:
+    return field(default=default, metadata={"help": help, "min": minimum, "choices": choices})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of train-teacher and distill. Defaults follow the Proto2Proto Cars config."""
+
+    # -- data ------------------------------------------------------------------------------
+    dataset: str = _key("synthetic", "dataset kind", choices=("synthetic", "cub", "cars", "folder"))
+    data_root: str | None = _key(None, "dataset root (synthetic: generated into the cache when unset)")
+    image_size: int = _key(224, "input side in pixels", minimum=16)
+    crop_bbox: bool = _key(False, "crop CUB/Cars/synthetic images to their bounding boxes")
+    augment: bool = _key(True, "online augmentation (rotate, skew, shear, elastic, flip)")
+    repeats: int = _key(1, "an epoch is this many passes over the base training images", minimum=1)
+    cache_images: bool = _key(False, "keep decoded, resized images in memory (small datasets)")
+    workers: int = _key(2, "DataLoader worker processes", minimum=0)
+    synthetic_preset: str = _key("easy", "synthetic data difficulty", choices=("easy", "hard"))
+    synthetic_classes: int = _key(10, "synthetic: number of classes", minimum=2)
+    synthetic_train_per_class: int = _key(100, "synthetic: training images per class", minimum=1)
+    synthetic_test_per_class: int = _key(40, "synthetic: test images per class", minimum=1)
+    synthetic_image_size: int = _key(112, "synthetic: generated image side", minimum=32)
+    synthetic_seed: int = _key(0, "synthetic: generator seed")
+    # -- model -----------------------------------------------------------------------------
+    backbone: str = _key("resnet50", "backbone name from the registry (`p2p models`) or any timm CNN")
+    pretrained: bool = _key(False, "start from timm's ImageNet weights (needs network access)")
+    weights: str | None = _key(None, "local backbone weights: .safetensors, or .pth (weights only)")
+    feature_stride: int | None = _key(None, "stride of the tapped feature map (default: last stage, 32)")
+    prototype_depth: int | None = _key(None, "prototype depth D (default: 256 ResNet/DenseNet, 128 VGG)")
+    prototypes_per_class: int = _key(10, "prototypes per class", minimum=1)
+    add_on: str | None = _key(None, "add-on type", choices=("regular", "bottleneck"))
+    # -- schedule (SPEC §3) ------------------------------------------------------------------
+    epochs: int = _key(20, "warm + joint epochs", minimum=1)
+    warm_epochs: int = _key(6, "warm-up epochs (backbone frozen unless warm_train_backbone)", minimum=0)
+    warm_train_backbone: bool = _key(False, "also train the backbone in the warm stage (random init)")
+    push_start: int | None = _key(12, "first push epoch (null: push only at the end)", minimum=0)
+    push_every: int = _key(10, "push every N epochs after push_start", minimum=1)
+    last_layer_epochs: int = _key(10, "last-layer epochs after each push", minimum=0)
+    batch_size: int = _key(80, "training batch size (per process)", minimum=1)
+    test_batch_size: int = _key(100, "evaluation batch size", minimum=1)
+    lr_backbone: float = _key(2e-4, "joint-stage backbone learning rate", minimum=0)
+    lr_add_on: float = _key(3e-3, "add-on learning rate", minimum=0)
+    lr_prototypes: float = _key(3e-3, "prototype learning rate", minimum=0)
+    lr_last_layer: float = _key(1e-4, "last-layer learning rate", minimum=0)
+    weight_decay: float = _key(1e-3, "weight decay of backbone and add-on", minimum=0)
+    lr_step_start: int | None = _key(16, "epoch of the first StepLR decay (null: no decay)", minimum=0)
+    lr_step_size: int = _key(4, "StepLR: decay every N epochs", minimum=1)
+    lr_gamma: float = _key(0.1, "StepLR decay factor", minimum=0)
+    lambda_clst: float = _key(0.8, "cluster cost weight (paper 0.8; reference code 1.0)")
+    lambda_sep: float = _key(-0.08, "separation cost weight (negative)")
+    lambda_l1: float = _key(1e-4, "off-class last-layer L1 weight", minimum=0)
+    # -- runtime -----------------------------------------------------------------------------
+    precision: str = _key("auto", "autocast precision of the backbone", choices=("auto", "bf16", "fp16", "fp32"))
+    channels_last: bool = _key(True, "channels_last memory format for the backbone")
+    compile: bool = _key(False, "torch.compile the backbone")
+    deterministic: bool = _key(False, "deterministic algorithms (bit-identical reruns and resumes)")
+    seed: int = _key(0, "random seed")
+    # -- distillation (SPEC §5) ----------------------------------------------------------------
+    teacher: str | None = _key(None, "teacher run (path, or name in the workdir)")
+    method: str = _key("proto2proto", "distillation method", choices=("proto2proto", "hint", "rkd", "kd", "none"))
+    lambda_global: float = _key(10.0, "weight of L_global (Eq. 5)", minimum=0)
+    lambda_ppc: float = _key(10.0, "weight of L_ppc (Eq. 4)", minimum=0)
+    tau_train: float = _key(100.0, "active-patch threshold τ_train (Eq. 1-3)", minimum=0)
+    ppnet_loss: bool = _key(True, "include the ProtoPNet loss in stage 2")
+    head: str = _key("copy", "student decision layer: new (init), teacher's copy, or teacher's frozen",
+                     choices=("init", "copy", "frozen"))
+    fidelity: str = _key("paper", "paper equations, or the public code's deviations", choices=("paper", "reference"))
+    kd_weight: float = _key(1.0, "weight of the KD-baseline loss (hint, rkd, kd)", minimum=0)
+    kd_temperature: float = _key(4.0, "temperature of Hinton KD", minimum=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+KEYS: dict[str, dataclasses.Field] = {f.name: f for f in fields(TrainConfig)}
+
+
+def _base_type(annotation: Any) -> tuple[type, bool]:
+    """(python type, optional?) of a field annotation such as ``int | None``."""
+    hint = typing.get_type_hints(TrainConfig)[annotation] if isinstance(annotation, str) else annotation
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0], True
+    if origin is Literal:
+        return str, False
+    return hint, False
+
+
+def coerce_value(key: str, value: Any) -> Any:
+    """Check and convert one value for ``key``; raise a one-line P2PError when it does not fit."""
+    fld = KEYS[key]
+    kind, optional = _base_type(fld.name)
+    if value is None or (isinstance(value, str) and value.lower() in ("null", "none") and optional):
+        if optional:
+            return None
+        raise P2PError(f"config key '{key}' must not be null")
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                out: Any = value
+            elif isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+                out = value.lower() in ("true", "yes", "1")
+            else:
+                raise ValueError
+        elif kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            out = int(value)
+        elif kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            out = float(value)
+        else:
+            out = str(value)
+    except (TypeError, ValueError):
+        raise P2PError(f"config key '{key}' expects {'a ' + kind.__name__}, got {value!r}") from None
+    minimum = fld.metadata.get("min")
+    if minimum is not None and isinstance(out, (int, float)) and (out < minimum or math.isnan(out)):
+        raise P2PError(f"config key '{key}' must be ≥ {minimum}, got {out}")
+    choices = fld.metadata.get("choices")
+    if choices and out not in choices:
+        raise P2PError(f"config key '{key}' must be one of {', '.join(choices)}; got '{out}'"
+                       f"{did_you_mean(str(out), choices)}")
+    return out
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config (a flat mapping of keys)."""
+    path = Path(path)
+    if not path.is_file():
+        raise P2PError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f":{line + 1}" if line is not None else ""
+        raise P2PError(f"{path}{where}: not valid YAML") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise P2PError(f"{path}: expected a mapping of config keys at the top level")
+    return data
+
+
+def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
+                 *, source: str = "config") -> TrainConfig:
+    """Defaults ← file values ← overrides (flags), each key validated.
+
+    ``overrides`` entries that are ``None`` mean "flag not given" and are skipped.
+    """
+    values: dict[str, Any] = {}
+    for key, value in (file_values or {}).items():
+        if key not in KEYS:
+            raise P2PError(f"{source}: unknown key '{key}'{did_you_mean(str(key), KEYS)}")
+        values[key] = coerce_value(key, value)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key not in KEYS:
+            raise P2PError(f"unknown option '{key}'{did_you_mean(key, KEYS)}")
+        values[key] = coerce_value(key, value)
+    cfg = TrainConfig(**values)
+    if cfg.warm_epochs > cfg.epochs:
+        raise P2PError(f"warm_epochs ({cfg.warm_epochs}) exceeds epochs ({cfg.epochs})")
+    if cfg.dataset != "synthetic" and not cfg.data_root:
+        raise P2PError(f"dataset '{cfg.dataset}' needs a data root (--data-root or data_root)")
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any], *, source: str) -> TrainConfig:
+    """Rebuild a config saved in a run (ignores the run's bookkeeping keys)."""
+    return build_config({k: v for k, v in data.items() if k in KEYS}, source=source)
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

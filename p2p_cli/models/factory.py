@@ -1,0 +1,61 @@
+"""Build a model from a config, save it with its architecture, and load it back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import p2p_cli
+from p2p_cli.errors import P2PError
+from p2p_cli.io.checkpoint import decode_metadata, load_tensors, save_tensors, split_model_tensors
+from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig
+
+ARCHITECTURES = {"protopnet": (ProtoPNet, ProtoPNetConfig)}
+
+
+def model_metadata(model: ProtoPNet, *, stage: str, class_names: list[str], extra: dict[str, Any] | None = None
+                   ) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "format": "p2p-model",
+        "arch": model.arch,
+        "stage": stage,
+        "p2p_version": p2p_cli.__version__,
+        "model_config": model.config.to_dict(),
+        "class_names": class_names,
+        "num_prototypes": model.num_prototypes,
+    }
+    meta.update(extra or {})
+    return meta
+
+
+def save_model(path: Path, model: ProtoPNet, *, stage: str, class_names: list[str],
+               extra: dict[str, Any] | None = None) -> None:
+    save_tensors(path, model.state_dict(), model_metadata(model, stage=stage, class_names=class_names, extra=extra))
+
+
+def build_from_metadata(meta: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> ProtoPNet:
+    arch = meta.get("arch")
+    if arch not in ARCHITECTURES:
+        raise P2PError(f"unsupported architecture {arch!r} in checkpoint")
+    cls, cfg_cls = ARCHITECTURES[arch]
+    config = cfg_cls(**meta["model_config"])
+    identity = tensors.get("class_identity") if tensors is not None else None
+    return cls(config, class_identity=identity)
+
+
+def load_model(path: Path) -> tuple[ProtoPNet, dict[str, Any]]:
+    """Load a model file (or a training snapshot) written by p2p; returns (model in eval mode, metadata)."""
+    tensors, raw = load_tensors(path)
+    meta = decode_metadata(raw)
+    if meta.get("format") != "p2p-model":
+        raise P2PError(f"{path}: a safetensors file, but not a p2p model (no p2p metadata)")
+    tensors = split_model_tensors(tensors)
+    model = build_from_metadata(meta, tensors)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        what = f"missing '{missing[0]}'" if missing else f"unexpected '{unexpected[0]}'"
+        raise P2PError(f"{path}: weights do not fit the recorded architecture ({what})")
+    model.eval()
+    return model, meta

@@ -1,0 +1,187 @@
+"""ProtoPNet (Chen et al., NeurIPS 2019) as SPEC §2 fixes it.
+
+backbone f → add-on g → prototype layer (squared L2) → log similarity → last layer h.
+One forward pass returns everything training, distillation and the metrics need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from p2p_cli.models.backbones import create_backbone
+from p2p_cli.models.registry import get_backbone_spec
+
+
+@dataclass(frozen=True)
+class ProtoPNetConfig:
+    """Everything needed to rebuild a ProtoPNet's architecture (stored in checkpoint metadata).
+
+    ``prototype_depth``, ``add_on`` and ``feature_stride`` left as ``None`` take the backbone
+    family's defaults from the registry; :meth:`resolved` fills them in.
+    """
+
+    backbone: str
+    num_classes: int
+    prototypes_per_class: int = 10
+    prototype_depth: int | None = None
+    add_on: str | None = None
+    feature_stride: int | None = None
+    arch: str = field(default="protopnet")
+
+    def resolved(self) -> ProtoPNetConfig:
+        spec = get_backbone_spec(self.backbone)
+        return ProtoPNetConfig(
+            backbone=self.backbone,
+            num_classes=self.num_classes,
+            prototypes_per_class=self.prototypes_per_class,
+            prototype_depth=self.prototype_depth or spec.prototype_depth,
+            add_on=self.add_on or spec.add_on,
+            feature_stride=self.feature_stride or spec.feature_stride,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ProtoOutput(NamedTuple):
+    """What one forward pass returns.
+
+    logits: (B, K); min_distances: (B, m); distances: (B, m, H, W) squared L2;
+    features: (B, D, H, W) add-on output ω(x) (sigmoid, in [0, 1]).
+    """
+
+    logits: torch.Tensor
+    min_distances: torch.Tensor
+    distances: torch.Tensor
+    features: torch.Tensor
+
+
+def make_add_on(in_channels: int, depth: int, kind: str) -> nn.Sequential:
+    """The add-on g (SPEC §2).
+
+    ``regular``: Conv1×1(C→D) → ReLU → Conv1×1(D→D) → Sigmoid.
+    ``bottleneck``: pairs of 1×1 convs halving the channels until D, ReLU between, a final
+    Sigmoid (ProtoPNet's bottleneck add-on). Kaiming-normal (fan_out, relu), zero bias.
+    """
+    layers: list[nn.Module] = []
+    if kind == "regular":
+        layers = [nn.Conv2d(in_channels, depth, 1), nn.ReLU(), nn.Conv2d(depth, depth, 1), nn.Sigmoid()]
+    elif kind == "bottleneck":
+        channels = in_channels
+        while channels > depth or not layers:
+            out = max(depth, channels // 2)
+            layers += [nn.Conv2d(channels, out, 1), nn.ReLU(), nn.Conv2d(out, out, 1)]
+            layers.append(nn.ReLU() if out > depth else nn.Sigmoid())
+            channels = out
+    else:
+        raise ValueError(f"unknown add-on type {kind!r}")
+    for layer in layers:
+        if isinstance(layer, nn.Conv2d):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+    return nn.Sequential(*layers)
+
+
+def class_identity_matrix(num_classes: int, per_class: int) -> torch.Tensor:
+    """(m, K) one-hot: prototype j belongs to class j // per_class."""
+    m = num_classes * per_class
+    identity = torch.zeros(m, num_classes)
+    identity[torch.arange(m), torch.arange(m) // per_class] = 1.0
+    return identity
+
+
+def squared_l2_distances(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """``relu(‖z‖² − 2 z·p + ‖p‖²)`` between every patch and every prototype (SPEC §2).
+
+    features: (B, D, H, W); prototypes: (m, D). Returns (B, m, H, W), computed in fp32.
+    """
+    z = features.float()
+    p = prototypes.float()
+    z2 = (z * z).sum(dim=1, keepdim=True)  # (B, 1, H, W)
+    p2 = (p * p).sum(dim=1).view(1, -1, 1, 1)  # (1, m, 1, 1)
+    zp = torch.einsum("bdhw,md->bmhw", z, p)
+    return torch.relu(z2 - 2.0 * zp + p2)
+
+
+def log_similarity(distances: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """ProtoPNet's similarity ``log((d + 1) / (d + ε))``, elementwise, any shape."""
+    return torch.log((distances + 1.0) / (distances + eps))
+
+
+class ProtoPNet(nn.Module):
+    """ProtoPNet with m = K · prototypes_per_class prototypes of shape D×1×1.
+
+    Buffers: ``class_identity`` (m, K) — after ProtoPShare merging a prototype may serve several
+    classes, and m may be any number (the model is rebuilt from the identity's shape).
+    """
+
+    arch = "protopnet"
+
+    def __init__(self, config: ProtoPNetConfig, *, pretrained: bool = False,
+                 class_identity: torch.Tensor | None = None) -> None:
+        super().__init__()
+        config = config.resolved()
+        self.config = config
+        spec = get_backbone_spec(config.backbone)
+        self.backbone, channels = create_backbone(spec, feature_stride=config.feature_stride,
+                                                  pretrained=pretrained)
+        depth = int(config.prototype_depth)  # type: ignore[arg-type]
+        self.add_on = make_add_on(channels, depth, str(config.add_on))
+        if class_identity is None:
+            class_identity = class_identity_matrix(config.num_classes, config.prototypes_per_class)
+        m = class_identity.shape[0]
+        self.prototype_vectors = nn.Parameter(torch.rand(m, depth, 1, 1))
+        self.register_buffer("class_identity", class_identity.clone().float())
+        self.last_layer = nn.Linear(m, config.num_classes, bias=False)
+        self.set_last_layer_incorrect_connection(-0.5)
+
+    # -- shapes -------------------------------------------------------------------------------
+    @property
+    def num_prototypes(self) -> int:
+        return self.prototype_vectors.shape[0]
+
+    @property
+    def prototype_depth(self) -> int:
+        return self.prototype_vectors.shape[1]
+
+    @property
+    def prototypes(self) -> torch.Tensor:
+        """(m, D) view of the prototype vectors."""
+        return self.prototype_vectors.flatten(1)
+
+    def set_last_layer_incorrect_connection(self, incorrect_strength: float = -0.5) -> None:
+        """h ← +1 for own-class connections, ``incorrect_strength`` elsewhere (SPEC §2)."""
+        positive = self.class_identity.t()  # (K, m)
+        with torch.no_grad():
+            self.last_layer.weight.copy_(positive + incorrect_strength * (1 - positive))
+
+    # -- forward ------------------------------------------------------------------------------
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Add-on features ω(x): (B, D, H, W) in fp32 (the backbone may run under autocast)."""
+        feats = self.backbone(images)
+        with torch.autocast(device_type=feats.device.type, enabled=False):
+            return self.add_on(feats.float().contiguous())
+
+    def head(self, features: torch.Tensor) -> ProtoOutput:
+        """Prototype layer + last layer on add-on features (fp32, outside autocast)."""
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            distances = squared_l2_distances(features, self.prototypes)
+            min_distances = distances.flatten(2).amin(dim=2)
+            logits = self.last_layer(log_similarity(min_distances))
+        return ProtoOutput(logits, min_distances, distances, features)
+
+    def forward(self, images: torch.Tensor) -> ProtoOutput:
+        return self.head(self.features(images))
+
+    # -- parameter groups (training stages select from these) ---------------------------------
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {
+            "backbone": list(self.backbone.parameters()),
+            "add_on": list(self.add_on.parameters()),
+            "prototypes": [self.prototype_vectors],
+            "last_layer": list(self.last_layer.parameters()),
+        }

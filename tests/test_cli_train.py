@@ -1,0 +1,138 @@
+"""End-to-end: the real `p2p train-teacher` on a tiny synthetic dataset (small and few)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from p2p_cli.cli.app import main
+from p2p_cli.io.checkpoint import load_tensors
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run `p2p ARGS` in-process through the real entry point; returns (exit code, stdout, stderr)."""
+    old = sys.argv
+    sys.argv = ["p2p", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = old
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_train_teacher_writes_a_complete_run(tmp_path, tiny_config, capsys):
+    code, out, err = run_cli(["train-teacher", "--config", str(tiny_config), "--workdir", str(tmp_path),
+                              "--name", "t", "--device", "cpu"], capsys)
+    assert code == 0, err
+    run = tmp_path / "t"
+    for name in ("config.yaml", "model.safetensors", "prototypes.json", "metrics.jsonl"):
+        assert (run / name).is_file(), name
+    assert not (run / "checkpoints" / "last.safetensors").exists()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    stages = [r["stage"] for r in records]
+    assert stages[:3] == ["warm", "joint", "joint"] and "push" in stages and stages[-1] == "last_layer"
+    assert all(0.0 <= r["test_acc"] <= 1.0 for r in records)
+    protos = json.loads((run / "prototypes.json").read_text())
+    assert len(protos["prototypes"]) == 6 and protos["grid"] == [2, 2]
+    assert all(p["distance_after"] < 1e-6 for p in protos["prototypes"])
+    assert "test accuracy" in out
+    # the same name again is refused
+    code, _, err = run_cli(["train-teacher", "--config", str(tiny_config), "--workdir", str(tmp_path),
+                            "--name", "t"], capsys)
+    assert code == 2 and "already exists; pass --overwrite" in err and "Traceback" not in err
+
+
+def _subprocess(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "p2p_cli", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_joint_then_resume_equals_uninterrupted(tmp_path, tiny_config):
+    common = ["train-teacher", "--config", str(tiny_config), "--workdir", str(tmp_path), "--device", "cpu", "-q"]
+    full = _subprocess([*common, "--name", "full"])
+    assert full.returncode == 0, full.stderr
+    # steps: 0 warm, 1 joint, 2 joint, 3 push, 4 last layer -> die in the 2nd batch of step 2 (joint)
+    killed = _subprocess([*common, "--name", "cut"], {"P2P_TEST_KILL_AT": "2:1"})
+    assert killed.returncode == -9
+    assert not (tmp_path / "cut" / "model.safetensors").exists()
+    resumed = _subprocess([*common, "--name", "cut", "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    a, _ = load_tensors(tmp_path / "full" / "model.safetensors")
+    b, _ = load_tensors(tmp_path / "cut" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert (tmp_path / "full" / "metrics.jsonl").read_text().count("\n") == \
+        (tmp_path / "cut" / "metrics.jsonl").read_text().count("\n")
+
+
+def _corrupt_folder(root: Path) -> Path:
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (16, 16), (i * 50, 0, 0)).save(d / f"{i}.png")
+    (root / "train" / "a" / "broken.jpg").write_bytes(b"\xff\xd8not really a jpeg")
+    return root
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing-root", "wrong-layout", "corrupt-image", "unknown-backbone",
+                                  "mistyped-key", "negative-epochs", "pickle-weights", "truncated-snapshot"])
+def test_bad_input_is_one_clear_line(case, tmp_path, tiny_config, capsys):
+    args = ["train-teacher", "--config", str(tiny_config), "--workdir", str(tmp_path / "w"), "--name", "t"]
+    expect = {
+        "missing-root": "not found",
+        "wrong-layout": "images.txt",
+        "corrupt-image": "broken.jpg",
+        "unknown-backbone": "unknown backbone 'resnet19'",
+        "mistyped-key": "unknown key 'epoch' (did you mean 'epochs'?)",
+        "negative-epochs": "'epochs' must be ≥ 1",
+        "pickle-weights": "cannot be loaded safely",
+        "truncated-snapshot": "truncated or corrupt",
+    }[case]
+    if case == "missing-root":
+        args += ["--dataset", "cub", "--data-root", str(tmp_path / "nowhere")]
+    elif case == "wrong-layout":
+        (tmp_path / "empty").mkdir()
+        args += ["--dataset", "cub", "--data-root", str(tmp_path / "empty")]
+    elif case == "corrupt-image":
+        args += ["--dataset", "folder", "--data-root", str(_corrupt_folder(tmp_path / "folder"))]
+    elif case == "unknown-backbone":
+        args += ["--backbone", "resnet19"]
+    elif case == "mistyped-key":
+        args[2] = str(_write(tmp_path / "bad.yaml", tiny_config.read_text() + "epoch: 3\n"))
+    elif case == "negative-epochs":
+        args += ["--epochs", "-1"]
+    elif case == "pickle-weights":
+        torch.save({"w": torch.nn.Linear(1, 1)}, tmp_path / "model.pth")  # a pickled module, not tensors
+        args += ["--weights", str(tmp_path / "model.pth")]
+    elif case == "truncated-snapshot":
+        snap = tmp_path / "w" / "t" / "checkpoints" / "last.safetensors"
+        snap.parent.mkdir(parents=True)
+        snap.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+        args += ["--resume"]
+    code, _, err = run_cli(args, capsys)
+    assert code != 0
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and expect in lines[-1], err
+    assert "Traceback" not in err
