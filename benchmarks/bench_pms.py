@@ -49,16 +49,24 @@ def _maxrss_mb() -> float:
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
 
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run(label: str, argmin_t: np.ndarray, argmin_s: np.ndarray, n_loc: int, backend: str) -> None:
     can_reset = _reset_peak()
     before = _status_mb("VmRSS") if can_reset else _maxrss_mb()
+    cpu0 = _cpu_s()
     t0 = time.perf_counter()
     res = pms(argmin_t, argmin_s, n_loc, backend=backend)
     wall = time.perf_counter() - t0
+    cpu = _cpu_s() - cpu0
     peak = _status_mb("VmHWM") if can_reset else _maxrss_mb()
     print(f"[{label}]")
     print(f"pms: {res.score:.6f}")
     print(f"wall_s: {wall:.3f}")
+    print(f"cpu_s: {cpu:.3f} (user+sys, all threads)")
     print(f"cooccurrence_s: {res.timings['cooccurrence']:.3f}")
     print(f"matching_s: {res.timings['matching']:.3f}")
     print(f"hungarian_solves: {res.num_solves} of {len(res.m_values)} caps")
@@ -90,6 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"N: {args.n}  m: {args.m}  grid: {args.grid}x{args.grid}  used_locations: {used}")
     print(f"shared_locations: {len(np.intersect1d(pool_t, pool_s))}")
     print(f"threads: {torch.get_num_threads()}  cpus: {os.cpu_count()}  backend: {args.backend}")
+    if hasattr(os, "getloadavg"):
+        print(f"loadavg_1min_at_start: {os.getloadavg()[0]:.2f} (other processes compete above ~0.5)")
     print(f"input_arrays_mb: {(argmin_t.nbytes + argmin_s.nbytes) / 2**20:.1f}")
     run("teacher vs student", argmin_t, argmin_s, n_loc, args.backend)
     if not args.no_self:

@@ -122,7 +122,7 @@ def model_pair(draw, max_n=24, max_m=4, max_l=6):
     return at, dt, as_, ds, n_loc
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, database=None)
 @given(model_pair(), st.sampled_from(TAUS))
 def test_aap_ajs_match_set_definitions(case, tau):
     at, dt, as_, ds, n_loc = case
@@ -133,7 +133,7 @@ def test_aap_ajs_match_set_definitions(case, tau):
         assert got == pytest.approx(ref_ajs(at, dt, as_, ds, tau, both_empty), abs=1e-12)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, database=None)
 @given(model_pair())
 def test_pms_matches_set_based_reference(case):
     at, _, as_, _, n_loc = case
@@ -146,7 +146,7 @@ def test_pms_matches_set_based_reference(case):
     assert 1 <= res.num_solves <= len(res.m_values)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, database=None)
 @given(model_pair(max_n=60, max_m=9, max_l=5))
 def test_pms_solve_reuse_equals_independent_solves(case):
     """The reuse of matchings across caps must give the optimum of every cap."""

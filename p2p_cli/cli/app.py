@@ -33,9 +33,10 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _register() -> None:
-    from p2p_cli.cli import data, models, train
+    from p2p_cli.cli import data, distill, models, train
 
-    app.command("train-teacher", no_args_is_help=False)(train.train_teacher_cmd)
+    app.command("train-teacher")(train.train_teacher_cmd)
+    app.command("distill")(distill.distill_cmd)
     app.command("models")(models.models_cmd)
     app.add_typer(data.app, name="data")
 
