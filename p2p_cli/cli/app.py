@@ -34,10 +34,12 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 def _register() -> None:
     from p2p_cli.cli import data, distill, models, train
+    from p2p_cli.cli import prune as prune_cli
 
     app.command("train-teacher")(train.train_teacher_cmd)
     app.command("distill")(distill.distill_cmd)
     app.command("models")(models.models_cmd)
+    app.command("prune")(prune_cli.prune_cmd)
     app.add_typer(data.app, name="data")
 
 

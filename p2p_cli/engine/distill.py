@@ -88,14 +88,14 @@ def load_teacher(ref: str | None, workdir: Path, rt: Runtime) -> tuple[RunDir, P
     return run, model, meta, digest
 
 
-def check_compatible(teacher: ProtoPNet, student: ProtoPNet, cfg: TrainConfig, method: str, rt: Runtime,
-                     teacher_classes: list[str], classes: list[str]) -> None:
+def check_compatible(teacher: ProtoPNet, student: ProtoPNet, cfg: TrainConfig, method: str, head: str,
+                     rt: Runtime, teacher_classes: list[str], classes: list[str]) -> None:
     """Clear errors before any training: classes, prototype count and depth, feature grid."""
     if teacher_classes != classes:
         raise P2PError(f"the teacher was trained on {len(teacher_classes)} classes "
                        f"({', '.join(teacher_classes[:3])}, …) but the dataset has {len(classes)} "
                        f"({', '.join(classes[:3])}, …); distill on the teacher's dataset")
-    if method != "proto2proto" and cfg.head == "init":
+    if method != "proto2proto" and head == "init":
         return
     if teacher.num_prototypes != student.num_prototypes:
         raise P2PError(f"prototype count mismatch: teacher m = {teacher.num_prototypes}, student m = "
@@ -105,9 +105,12 @@ def check_compatible(teacher: ProtoPNet, student: ProtoPNet, cfg: TrainConfig, m
             raise P2PError(f"prototype depth mismatch: teacher D = {teacher.prototype_depth}, student D = "
                            f"{student.prototype_depth} (set prototype_depth to match)")
         probe = torch.zeros(1, 3, cfg.image_size, cfg.image_size, device=rt.device)
+        was_training = student.training
+        student.eval()
         with torch.no_grad():
             grid_t = tuple(teacher.backbone(probe).shape[-2:])
             grid_s = tuple(student.backbone(probe).shape[-2:])
+        student.train(was_training)
         if grid_t != grid_s:
             raise P2PError(f"feature grids differ: teacher {grid_t[0]}×{grid_t[1]}, student "
                            f"{grid_s[0]}×{grid_s[1]} at {cfg.image_size} px (choose feature_stride/image_size "
@@ -124,13 +127,16 @@ def distill(cfg: TrainConfig, *, workdir: Path, name: str, rt: Runtime, reporter
     seed_everything(cfg.seed)
     data = build_datasets(cfg)
     student = build_model(cfg, len(data.classes), rt)
-    check_compatible(teacher, student, cfg, cfg.method, rt, list(teacher_meta.get("class_names", [])),
+    # The baseline (--method none) is train-teacher on the small backbone: it never sees the
+    # teacher's head; --head applies to the distillation methods.
+    head = "init" if cfg.method == "none" else cfg.head
+    check_compatible(teacher, student, cfg, cfg.method, head, rt, list(teacher_meta.get("class_names", [])),
                      data.classes)
-    if cfg.head in ("copy", "frozen"):
+    if head in ("copy", "frozen"):
         with torch.no_grad():
             student.last_layer.weight.copy_(teacher.last_layer.weight)
             student.class_identity.copy_(teacher.class_identity)
-    head_frozen = cfg.head == "frozen"
+    head_frozen = head == "frozen"
     if head_frozen:
         student.last_layer.requires_grad_(False)
     if cfg.method == "none":
@@ -143,11 +149,11 @@ def distill(cfg: TrainConfig, *, workdir: Path, name: str, rt: Runtime, reporter
     if rt.is_main and not resume:
         write_run_config(run, cfg, "distill", {"teacher_run": teacher_info})
     reporter.info(f"[bold]distill[/] {name}: {teacher.config.backbone} ({teacher_run.name}) → {cfg.backbone}, "
-                  f"method {cfg.method}, head {cfg.head}, fidelity {cfg.fidelity}; {student.num_prototypes} "
+                  f"method {cfg.method}, head {head}, fidelity {cfg.fidelity}; {student.num_prototypes} "
                   f"prototypes × D={student.prototype_depth}, device {rt.device}")
     trainer = Trainer(cfg, student, objective, data, rt, run, reporter, head_frozen=head_frozen,
                       metadata={"role": "student", "teacher": teacher_info, "method": cfg.method,
-                                "head": cfg.head, "fidelity": cfg.fidelity})
+                                "head": head, "fidelity": cfg.fidelity})
     state = trainer.fit(resume=resume)
     if weights_hash(teacher.state_dict()) != teacher_hash:
         raise RuntimeError("the teacher's weights changed during distillation")  # a bug, never a user error

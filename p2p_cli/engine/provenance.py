@@ -9,20 +9,34 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from p2p_cli.data.datasets import DatasetIndex, file_sha256
+from p2p_cli.data.datasets import DatasetIndex, crop_box, file_sha256, image_dims
 from p2p_cli.engine.push import PushResult
+from p2p_cli.engine.receptive_field import receptive_field_boxes
 from p2p_cli.models.protopnet import log_similarity
 
 
-def high_activation_box(distance_map: torch.Tensor, image_size: int, percentile: float = 95.0) -> list[int]:
-    """ProtoPNet's box: upsample the similarity map (H, W) bicubically to the image size and take
-    the bounding box of the pixels at or above the ``percentile``-th percentile.
-    Returns [x0, y0, x1, y1] in input pixels (x1, y1 exclusive)."""
+def upsampled_similarity(distance_map: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """ProtoPNet's activation map: the similarity ``log((d + 1)/(d + ε))`` of a (H, W) distance map,
+    upsampled bicubically to ``size`` (S, or (height, width)); returns float32 (height, width)."""
+    hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     sim = log_similarity(distance_map.float())[None, None]
-    up = F.interpolate(sim, size=(image_size, image_size), mode="bicubic", align_corners=False)[0, 0]
-    threshold = torch.quantile(up.flatten(), percentile / 100.0)
-    ys, xs = torch.nonzero(up >= threshold, as_tuple=True)
+    return F.interpolate(sim, size=hw, mode="bicubic", align_corners=False)[0, 0]
+
+
+def percentile_box(upsampled: torch.Tensor, percentile: float = 95.0) -> list[int]:
+    """Bounding box [x0, y0, x1, y1] (x1, y1 exclusive) of the pixels of a (height, width) map at or
+    above its ``percentile``-th percentile."""
+    threshold = torch.quantile(upsampled.flatten().float(), percentile / 100.0)
+    ys, xs = torch.nonzero(upsampled >= threshold, as_tuple=True)
     return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+
+
+def high_activation_box(distance_map: torch.Tensor, image_size: int | tuple[int, int],
+                        percentile: float = 95.0) -> list[int]:
+    """ProtoPNet's box: upsample the similarity map (H, W) bicubically to the image size (S, or
+    (height, width)) and take the bounding box of the pixels at or above the ``percentile``-th
+    percentile. Returns [x0, y0, x1, y1] in input pixels (x1, y1 exclusive)."""
+    return percentile_box(upsampled_similarity(distance_map, image_size), percentile)
 
 
 def patch_box(location: tuple[int, int], grid: tuple[int, int], image_size: int) -> list[int]:
@@ -33,10 +47,19 @@ def patch_box(location: tuple[int, int], grid: tuple[int, int], image_size: int)
 
 
 def provenance_records(result: PushResult, index: DatasetIndex, class_identity: torch.Tensor,
-                       image_size: int, *, crop_bbox: bool = False) -> list[dict[str, Any]]:
-    """One JSON-ready record per prototype."""
+                       image_size: int, *, crop_bbox: bool = False, model: torch.nn.Module | None = None
+                       ) -> list[dict[str, Any]]:
+    """One JSON-ready record per prototype.
+
+    Boxes are [x0, y0, x1, y1] in model-input pixels (an ``image_size`` square; x1, y1
+    exclusive): ``patch_box`` the grid cell, ``activation_box`` the 95th-percentile box, and —
+    when ``model`` (the pushed ProtoPNet) is given — ``receptive_field_box``, the exact receptive
+    field of the source cell (:mod:`p2p_cli.engine.receptive_field`). ``source.region`` is the
+    part of the source image (original pixels) that was resized into the input.
+    """
     records = []
     sha_cache: dict[int, str] = {}
+    rf = receptive_field_boxes(model, image_size) if model is not None and (result.image_index >= 0).any() else None
     for j in range(len(result.image_index)):
         classes = torch.nonzero(class_identity[j] > 0).flatten().tolist()
         src = int(result.image_index[j])
@@ -52,9 +75,10 @@ def provenance_records(result: PushResult, index: DatasetIndex, class_identity: 
             if src not in sha_cache:
                 sha_cache[src] = file_sha256(sample.path)
             loc = (int(result.location[j, 0]), int(result.location[j, 1]))
+            region = [round(v, 2) for v in crop_box(sample, image_dims(sample.path), crop_bbox)]
             rec.update({
                 "source": {"index": src, "path": str(sample.path), "sha256": sha_cache[src],
-                           "label": index.classes[sample.label]},
+                           "label": index.classes[sample.label], "region": region},
                 "location": list(loc),
                 "distance_before": _num(result.distance_before[j]),
                 "distance_after": _num(result.distance_after[j]),
@@ -62,6 +86,8 @@ def provenance_records(result: PushResult, index: DatasetIndex, class_identity: 
                 "activation_box": high_activation_box(result.distance_maps[j], image_size),
                 "crop_bbox": crop_bbox,
             })
+            if rf is not None:
+                rec["receptive_field_box"] = list(rf[loc[0]][loc[1]])
         records.append(rec)
     return records
 

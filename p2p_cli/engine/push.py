@@ -25,9 +25,10 @@ class PushResult:
 
     image_index: index of the source image in the push dataset (-1: no image of its class).
     location: (m, 2) grid (h, w) of the source patch.
-    distance_before: squared distance from the old prototype to the chosen patch.
+    distance_before: squared distance ‖p_old − z‖² from the old prototype to the chosen patch z
+        (direct form: exactly 0 when the prototype already was that patch; NaN if none found).
     distance_after: squared distance from the new prototype to that patch (≈ 0).
-    similarity_maps: (m, H, W) distance maps of each prototype on its source image (before the
+    distance_maps: (m, H, W) distance maps of each prototype on its source image (before the
         move), for the high-activation boxes of the provenance.
     grid: (H, W).
     """
@@ -88,6 +89,10 @@ def push_prototypes(model: torch.nn.Module, loader: DataLoader, rt: Runtime, *, 
         best, best_index, best_loc, best_feat, best_maps = _gather_best(
             rt, best, best_index, best_loc, best_feat, best_maps)
     found = best_index >= 0
+    # Report the distances in the direct form ‖p − z‖² (the expanded form used for the search
+    # has rounding error ~1e-6): a prototype that already equals its patch reports exactly 0.
+    before = ((model.prototypes.float() - best_feat) ** 2).sum(dim=1)
+    before[~found] = float("nan")
     with torch.no_grad():
         protos = model.prototype_vectors
         protos[found] = best_feat[found].view(-1, depth, 1, 1).to(protos.dtype)
@@ -95,7 +100,7 @@ def push_prototypes(model: torch.nn.Module, loader: DataLoader, rt: Runtime, *, 
     after[~found] = float("nan")
     h, w = grid
     location = torch.stack([best_loc // w, best_loc % w], dim=1)
-    return PushResult(best_index.cpu(), location.cpu(), best.cpu(), after.cpu(), best_maps.cpu(), grid)
+    return PushResult(best_index.cpu(), location.cpu(), before.cpu(), after.cpu(), best_maps.cpu(), grid)
 
 
 def _gather_best(rt: Runtime, best, index, loc, feat, maps):

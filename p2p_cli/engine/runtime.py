@@ -120,3 +120,18 @@ def all_reduce_sum(t: torch.Tensor, rt: Runtime) -> torch.Tensor:
 def barrier(rt: Runtime) -> None:
     if rt.distributed:
         dist.barrier()
+
+
+def gather_rows(t: torch.Tensor, rt: Runtime) -> torch.Tensor:
+    """Concatenate every rank's rows of ``t`` (shards may differ in length by a few rows)."""
+    if not rt.distributed:
+        return t
+    n = torch.tensor([t.shape[0]], device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(rt.world_size)]
+    dist.all_gather(sizes, n)
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros((longest, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    padded[: t.shape[0]] = t
+    parts = [torch.empty_like(padded) for _ in range(rt.world_size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes, strict=True)])

@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,7 @@ from p2p_cli.engine.objectives import last_layer_terms
 from p2p_cli.engine.provenance import provenance_records, summarize
 from p2p_cli.engine.push import push_prototypes
 from p2p_cli.engine.report import Reporter
-from p2p_cli.engine.runtime import Runtime, all_reduce_sum, seed_everything
+from p2p_cli.engine.runtime import Runtime, all_reduce_sum, gather_rows, seed_everything
 from p2p_cli.io.checkpoint import flatten_optimizer, load_tensors, unflatten_optimizer
 from p2p_cli.io.config import TrainConfig
 from p2p_cli.io.rundir import RunDir
@@ -175,74 +176,44 @@ class Trainer:
         row["test_acc"] = self.test_accuracy()
         return row
 
-    @torch.no_grad()
     def _min_distances(self, ds, description: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """One eval pass: (min distances (N, m), labels (N,)) on this rank's shard."""
-        self.model.eval()
-        loader = eval_loader(ds, self.cfg.test_batch_size, self.cfg.workers, self.rt)
-        dists, labels = [], []
-        with self.reporter.task(description, len(loader)) as advance:
-            for images, y, _ in loader:
-                with self.rt.autocast():
-                    out = self.model(self.rt.images(images))
-                dists.append(out.min_distances.float())
-                labels.append(y.to(self.rt.device))
-                advance()
-        return torch.cat(dists), torch.cat(labels)
+        return min_distance_pass(self.model, ds, self.cfg, self.rt, self.reporter, description)
 
     def test_accuracy(self, cached: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
         dists, labels = cached or self._min_distances(self.data.test, "test")
         with torch.no_grad():
             logits = self.model.last_layer(log_similarity(dists))
-        stats = torch.tensor([(logits.argmax(1) == labels).sum().item(), len(labels)], dtype=torch.float64)
-        stats = all_reduce_sum(stats.to(self.rt.device), self.rt).cpu()
-        return float(stats[0] / max(stats[1], 1))
+        return float((logits.argmax(1) == labels).float().mean()) if len(labels) else 0.0
 
     def _push(self, step: S.Step) -> dict[str, Any]:
         loader = eval_loader(self.data.push, self.cfg.test_batch_size, self.cfg.workers, self.rt)
         with self.reporter.task("push", len(loader.dataset)) as advance:
             result = push_prototypes(self.model, loader, self.rt, progress=advance)
         self.state.prototypes = provenance_records(result, self.data.index, self.model.class_identity.cpu(),
-                                                   self.cfg.image_size, crop_bbox=self.cfg.crop_bbox)
+                                                   self.cfg.image_size, crop_bbox=self.cfg.crop_bbox,
+                                                   model=self.model)
         self.state.grid = list(result.grid)
         summary = summarize(self.state.prototypes)
         return {"epoch": step.epoch + 1, "stage": "push", "push_distance": summary["mean_distance_before"],
                 "test_acc": self.test_accuracy()}
 
     def _last_layer(self, step: S.Step) -> list[dict[str, Any]]:
-        """Convex last-layer optimisation on cached similarities (everything before h is frozen)."""
+        """Convex last-layer optimisation on cached similarities (everything before h is frozen).
+
+        The similarities of all un-augmented training images are computed once (one forward
+        pass); each epoch then shuffles them in mini-batches of ``batch_size``."""
         cfg, model = self.cfg, self.model
         test_cache = self._min_distances(self.data.test, "test")
         if self.head_frozen or cfg.last_layer_epochs == 0:
             return [{"epoch": step.epoch + 1, "stage": "last_layer", "test_acc": self.test_accuracy(test_cache)}]
         self._freeze_except("last_layer")
         opt = self.optimizer("last_layer")
+        assert opt is not None
         train_d, train_y = self._min_distances(self.data.push, "cache similarities")
-        sims = log_similarity(train_d)
-        rows = []
-        gen = torch.Generator().manual_seed(cfg.seed)
-        for e in range(cfg.last_layer_epochs):
-            order = torch.randperm(len(train_y), generator=gen).to(self.rt.device)
-            sums: dict[str, float] = defaultdict(float)
-            correct = 0
-            for start in range(0, len(order), cfg.batch_size):
-                idx = order[start:start + cfg.batch_size]
-                logits = model.last_layer(sims[idx])
-                terms = last_layer_terms(model, logits, train_y[idx], cfg)
-                opt.zero_grad(set_to_none=True)
-                terms["total"].backward()
-                self._sync_grads(list(model.last_layer.parameters()))
-                opt.step()
-                for k, v in terms.items():
-                    sums[k] += float(v.detach()) * len(idx)
-                correct += int((logits.argmax(1) == train_y[idx]).sum())
-            n = max(len(train_y), 1)
-            row = {"epoch": step.epoch + 1, "stage": "last_layer", "ll_epoch": e + 1}
-            row.update({k: v / n for k, v in sums.items()})
-            row["train_acc"] = correct / n
-            row["test_acc"] = self.test_accuracy(test_cache)
-            rows.append(row)
-        return rows
+        rows = fit_last_layer(model, opt, log_similarity(train_d), train_y, cfg, cfg.last_layer_epochs,
+                              generator=torch.Generator().manual_seed(cfg.seed),
+                              test_accuracy=lambda: self.test_accuracy(test_cache))
+        return [{"epoch": step.epoch + 1, "stage": "last_layer", **row} for row in rows]
 
     # -- persistence --------------------------------------------------------------------------
     def _save_snapshot(self) -> None:
@@ -296,6 +267,62 @@ class Trainer:
                                                      "prototypes": self.state.prototypes})
         self.run.write_metrics(self.state.records)
         self.run.snapshot_path.unlink(missing_ok=True)
+
+
+@torch.no_grad()
+def min_distance_pass(model: ProtoPNet, ds, cfg: TrainConfig, rt: Runtime, reporter: Reporter,
+                      description: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One eval pass over ``ds``: (min distances (N, m) fp32, labels (N,)), in dataset order.
+
+    Under torch.distributed each rank computes its shard and every rank gets all rows."""
+    model.eval()
+    loader = eval_loader(ds, cfg.test_batch_size, cfg.workers, rt)
+    dists, labels = [], []
+    with reporter.task(description, len(loader)) as advance:
+        for images, y, _ in loader:
+            with rt.autocast():
+                out = model(rt.images(images))
+            dists.append(out.min_distances.float())
+            labels.append(y.to(rt.device))
+            advance()
+    return gather_rows(torch.cat(dists), rt), gather_rows(torch.cat(labels), rt)
+
+
+def fit_last_layer(model: ProtoPNet, opt: torch.optim.Optimizer, sims: torch.Tensor, labels: torch.Tensor,
+                   cfg: TrainConfig, epochs: int, *, generator: torch.Generator,
+                   test_accuracy: Callable[[], float] | None = None) -> list[dict[str, Any]]:
+    """Convex last-layer optimisation (ProtoPNet's last-layer stage): ``CE + λ_l1·L1`` in h only.
+
+    sims: (N, m) cached log similarities of the un-augmented training images; labels: (N,).
+    Each epoch shuffles them (``generator``) into mini-batches of ``cfg.batch_size`` and takes one
+    step of ``opt`` per batch. ``opt`` must be bound to ``model.last_layer``'s parameters: after
+    the model is rebuilt (pruning), create a new optimizer. Under torch.distributed every rank
+    holds all rows, so the steps are identical and need no gradient sync.
+    Returns one row per epoch: ``ll_epoch``, loss terms, ``train_acc`` (and ``test_acc``).
+    """
+    rows = []
+    for e in range(epochs):
+        order = torch.randperm(len(labels), generator=generator).to(sims.device)
+        sums: dict[str, float] = defaultdict(float)
+        correct = 0
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            logits = model.last_layer(sims[idx])
+            terms = last_layer_terms(model, logits, labels[idx], cfg)
+            opt.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            opt.step()
+            for k, v in terms.items():
+                sums[k] += float(v.detach()) * len(idx)
+            correct += int((logits.argmax(1) == labels[idx]).sum())
+        n = max(len(labels), 1)
+        row: dict[str, Any] = {"ll_epoch": e + 1}
+        row.update({k: v / n for k, v in sums.items()})
+        row["train_acc"] = correct / n
+        if test_accuracy is not None:
+            row["test_acc"] = test_accuracy()
+        rows.append(row)
+    return rows
 
 
 def _kill_point(step: int) -> int | None:

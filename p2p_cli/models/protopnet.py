@@ -177,6 +177,48 @@ class ProtoPNet(nn.Module):
     def forward(self, images: torch.Tensor) -> ProtoOutput:
         return self.head(self.features(images))
 
+    # -- pruning ------------------------------------------------------------------------------
+    def merge_prototypes(self, groups: list[list[int]]) -> ProtoPNet:
+        """A new model whose prototype ``i`` is ``groups[i]`` merged (ProtoPShare, Rymarczyk et al. 2021).
+
+        ``groups`` lists disjoint prototype indices of this model; prototypes in no group are
+        removed. For group ``[s, a, b, …]`` the new prototype keeps the *survivor* ``s``'s vector
+        (D,), its last-layer column is the sum ``h[:, s] + h[:, a] + …`` (K,) and its class
+        identity the union (elementwise max) of the members' rows (K,). Singleton groups select
+        prototypes unchanged (k-NN pruning). Shapes of the result: prototype_vectors
+        (len(groups), D, 1, 1), class_identity (len(groups), K), last_layer Linear(len(groups)→K).
+
+        When every member of a group has the same min distance to every input, the merged model's
+        logits equal this model's (the summed column sees one similarity instead of several).
+        Backbone and add-on are deep copies: this model is left untouched, and an optimizer
+        bound to it does not train the result (re-create optimizers on the returned model).
+        """
+        import copy
+
+        m = self.num_prototypes
+        flat = [int(j) for g in groups for j in g]
+        if not groups or any(not g for g in groups):
+            raise ValueError("merge_prototypes needs non-empty groups")
+        if len(set(flat)) != len(flat) or min(flat) < 0 or max(flat) >= m:
+            raise ValueError(f"groups must be disjoint indices in [0, {m}), got {groups}")
+        survivors = torch.tensor([int(g[0]) for g in groups], device=self.prototype_vectors.device)
+        assign = torch.zeros(len(groups), m, dtype=self.last_layer.weight.dtype, device=survivors.device)
+        for i, g in enumerate(groups):
+            assign[i, list(g)] = 1.0  # (m', m): row i selects the members of group i
+        with torch.no_grad():
+            vectors = self.prototype_vectors[survivors].clone()  # (m', D, 1, 1)
+            weight = self.last_layer.weight @ assign.t()  # (K, m) @ (m, m') -> (K, m')
+            identity = (assign @ self.class_identity.to(assign.dtype) > 0).to(self.class_identity.dtype)  # (m', K)
+        new = copy.deepcopy(self)
+        new.prototype_vectors = nn.Parameter(vectors, requires_grad=self.prototype_vectors.requires_grad)
+        new.class_identity = identity
+        new.last_layer = nn.Linear(len(groups), self.config.num_classes, bias=False).to(weight.device)
+        with torch.no_grad():
+            new.last_layer.weight.copy_(weight)
+        new.last_layer.weight.requires_grad_(self.last_layer.weight.requires_grad)
+        new.train(self.training)
+        return new
+
     # -- parameter groups (training stages select from these) ---------------------------------
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {
