@@ -1,5 +1,5 @@
 # Two entry points that do all set-up on a fresh machine (a virtualenv in .venv):
-#   make demo   - the main job on the built-in synthetic data
+#   make demo   - the main job: p2p quickstart on the built-in synthetic data (report in runs/report/)
 #   make test   - the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -15,8 +15,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/p2p train-teacher --config examples/synthetic-fast.yaml --backbone resnet18 \
-		--workdir runs --name demo-teacher --overwrite
+	$(VENV)/bin/p2p quickstart --workdir runs
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

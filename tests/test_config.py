@@ -60,3 +60,12 @@ def test_example_configs_are_valid():
     for path in sorted(Path(__file__).parent.parent.glob("examples/*.yaml")):
         cfg = build_config(read_config_file(path), {"data_root": "/data"}, source=str(path))
         assert isinstance(cfg, TrainConfig)
+
+
+def test_fast_preset_equals_the_example_config():
+    from pathlib import Path
+
+    from p2p_cli.engine.presets import SYNTHETIC_FAST
+
+    example = read_config_file(Path(__file__).parent.parent / "examples" / "synthetic-fast.yaml")
+    assert build_config(example) == build_config(SYNTHETIC_FAST)

@@ -34,12 +34,22 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 def _register() -> None:
     from p2p_cli.cli import data, distill, models, train
+    from p2p_cli.cli import evaluate as evaluate_cli
     from p2p_cli.cli import prune as prune_cli
+    from p2p_cli.cli import push as push_cli
+    from p2p_cli.cli import quickstart as quickstart_cli
+    from p2p_cli.cli import robustness as robustness_cli
+    from p2p_cli.cli import visualize as visualize_cli
 
+    app.command("quickstart")(quickstart_cli.quickstart_cmd)
     app.command("train-teacher")(train.train_teacher_cmd)
     app.command("distill")(distill.distill_cmd)
     app.command("models")(models.models_cmd)
+    app.command("evaluate", cls=evaluate_cli.EvaluateCommand)(evaluate_cli.evaluate_cmd)
     app.command("prune")(prune_cli.prune_cmd)
+    app.command("robustness", cls=robustness_cli.RobustnessCommand)(robustness_cli.robustness_cmd)
+    app.command("push-prototypes")(push_cli.push_cmd)
+    app.command("visualize", cls=visualize_cli.VisualizeCommand)(visualize_cli.visualize_cmd)
     app.add_typer(data.app, name="data")
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
+from typer.core import TyperCommand
 
 from p2p_cli.engine.report import Reporter
 from p2p_cli.io.config import KEYS, TrainConfig, build_config, read_config_file
@@ -102,3 +105,64 @@ def _metavar(key: str) -> str:
 def load_config(config: Path | None, overrides: dict[str, Any]) -> TrainConfig:
     file_values = read_config_file(config) if config else {}
     return build_config(file_values, overrides, source=str(config) if config else "config")
+
+
+def _is_option(token: str) -> bool:
+    """An option name (``--x``, ``-x``), not a value such as ``-1`` or ``-inf``."""
+    if not token.startswith("-") or token == "-":
+        return False
+    try:
+        float(token)
+        return False
+    except ValueError:
+        return True
+
+
+def expand_variadic(args: list[str], flags: tuple[str, ...]) -> list[str]:
+    """``--metrics acc aap --tau 0.1 inf`` → ``--metrics acc --metrics aap --tau 0.1 --tau inf``.
+
+    Click options take one value each; the documented syntax lists several after one flag. Values
+    run until the next option (a token starting with ``-`` that is not a number) or ``--``.
+    """
+    out: list[str] = []
+    current: str | None = None
+    i = 0
+    while i < len(args):
+        tok = args[i]
+        if tok == "--":
+            out.extend(args[i:])
+            break
+        if _is_option(tok):
+            name = tok.split("=", 1)[0]
+            current = name if name in flags and "=" not in tok else None
+            out.append(tok)
+            if current is not None and i + 1 < len(args):
+                out.append(args[i + 1])
+                i += 1
+        elif current is not None:
+            out.extend([current, tok])
+        else:
+            out.append(tok)
+        i += 1
+    return out
+
+
+def variadic_command(*flags: str) -> type[TyperCommand]:
+    """A Typer command class whose ``flags`` (list options) take several values after one flag."""
+
+    class VariadicCommand(TyperCommand):
+        def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+            return super().parse_args(ctx, expand_variadic(list(args), flags))
+
+    return VariadicCommand
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN → null and ±inf → "inf"/"-inf", recursively, so ``json.dumps(allow_nan=False)`` accepts it."""
+    if isinstance(obj, float):
+        return None if math.isnan(obj) else ("inf" if obj == math.inf else ("-inf" if obj == -math.inf else obj))
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj

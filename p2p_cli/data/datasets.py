@@ -573,12 +573,18 @@ def crop_box(sample: Sample, dims: tuple[int, int], crop_bbox: bool) -> tuple[fl
     return (0.0, 0.0, float(w), float(h))
 
 
-def load_image(sample: Sample, image_size: int, crop_bbox: bool = False) -> torch.Tensor:
-    """Decode, orient, optionally crop to the bbox and resize (bilinear): uint8 ``(3, S, S)``."""
+def load_image_array(sample: Sample, image_size: int, crop_bbox: bool = False) -> np.ndarray:
+    """Like :func:`load_image` but a uint8 numpy ``(S, S, 3)`` (HWC) array, without any torch op
+    (decoding threads then never touch torch's thread pool)."""
     im = open_rgb(sample.path)
     box = crop_box(sample, im.size, crop_bbox)
     im = im.resize((image_size, image_size), Image.Resampling.BILINEAR, box=box)
-    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+    return np.asarray(im, dtype=np.uint8)
+
+
+def load_image(sample: Sample, image_size: int, crop_bbox: bool = False) -> torch.Tensor:
+    """Decode, orient, optionally crop to the bbox and resize (bilinear): uint8 ``(3, S, S)``."""
+    return torch.from_numpy(load_image_array(sample, image_size, crop_bbox).copy()).permute(2, 0, 1).contiguous()
 
 
 def input_geometry(sample: Sample, image_size: int, crop_bbox: bool = False) -> tuple[float, float, float, float]:
@@ -702,6 +708,6 @@ class ImageDataset(Dataset):
 
 __all__ = [
     "KINDS", "DataError", "DatasetIndex", "ImageDataset", "Issue", "Sample", "crop_box", "file_sha256",
-    "image_dims", "input_geometry", "load_image", "load_index", "open_rgb", "parts_in_input",
+    "image_dims", "input_geometry", "load_image", "load_image_array", "load_index", "open_rgb", "parts_in_input",
     "scan_index", "unwrap_worker_error",
 ]

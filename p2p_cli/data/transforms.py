@@ -62,6 +62,62 @@ class GridDistortion(torch.nn.Module):
         return f"grid={self.grid}, magnitude={self.magnitude}"
 
 
+JPEG_QUALITY = 20
+"""JPEG quality of the robustness experiment and of the ``augment_jpeg`` remedy (Hoffmann et al. 2021, §4, App. F.2)."""
+
+
+def jpeg_compress(images: torch.Tensor, quality: int = JPEG_QUALITY) -> torch.Tensor:
+    """Encode and decode uint8 images ``(3, H, W)`` or ``(B, 3, H, W)`` as JPEG at ``quality`` (1-100).
+
+    Returns uint8 of the same shape on the same device: the images with the codec's artefacts
+    (Pillow's libjpeg, default 4:2:0 chroma subsampling; deterministic — the same input always
+    gives the same output).
+    """
+    import io
+
+    from PIL import Image
+
+    if images.dtype != torch.uint8:
+        raise ValueError(f"jpeg_compress expects uint8 images, got {images.dtype}")
+    if not 1 <= int(quality) <= 100:
+        raise ValueError(f"JPEG quality must be in [1, 100], got {quality}")
+    if images.ndim not in (3, 4) or images.shape[-3] != 3:
+        raise ValueError(f"jpeg_compress expects (3, H, W) or (B, 3, H, W) images, got {tuple(images.shape)}")
+    batch = images.detach().cpu().reshape(-1, *images.shape[-3:]).permute(0, 2, 3, 1).numpy()
+    out = np.empty_like(batch)
+    for i, pixels in enumerate(batch):
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="JPEG", quality=int(quality))
+        buf.seek(0)
+        with Image.open(buf) as decoded:
+            out[i] = np.asarray(decoded.convert("RGB"))
+    return torch.from_numpy(out).permute(0, 3, 1, 2).reshape(images.shape).contiguous().to(images.device)
+
+
+class RandomJPEG(torch.nn.Module):
+    """With probability ``p``, JPEG-compress a uint8 ``(3, H, W)`` image at ``quality`` (else pass it through).
+
+    The remedy of Hoffmann et al. (2021, App. F.2): every training image has a 50 % chance of
+    being compressed at quality 20. Must run before the float conversion; draws from the global
+    torch RNG (seeded per training step, so resumed runs draw the same).
+    """
+
+    def __init__(self, p: float, quality: int = JPEG_QUALITY) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"JPEG probability must be in [0, 1], got {p}")
+        self.p = float(p)
+        self.quality = int(quality)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.p <= 0.0 or float(torch.rand(())) >= self.p:
+            return image
+        return jpeg_compress(image, self.quality)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, quality={self.quality}"
+
+
 def geometric_ops(image_size: int, elastic: float = 0.25) -> tuple[list[v2.Transform], list[float]]:
     """The reference's geometric operations and their selection weights.
 
@@ -86,16 +142,19 @@ def geometric_ops(image_size: int, elastic: float = 0.25) -> tuple[list[v2.Trans
 
 
 def train_transform(image_size: int, augment: bool = True, *, elastic: float = 0.25,
-                    mode: AugmentMode = "choice") -> v2.Compose:
+                    mode: AugmentMode = "choice", jpeg: float = 0.0) -> v2.Compose:
     """uint8 ``(3, S, S)`` → augmented float ``(3, S, S)``, ImageNet-normalised.
 
-    ``augment=False`` gives :func:`eval_transform`. ``mode="choice"`` applies one geometric
-    operation per image (ProtoPNet's pipelines); ``mode="all"`` applies rotation, skew, shear
-    and (with probability ``elastic``) the elastic distortion in sequence. Both then flip
-    horizontally with probability 0.5.
+    ``augment=False`` gives :func:`eval_transform` (plus the JPEG step when ``jpeg > 0``).
+    ``mode="choice"`` applies one geometric operation per image (ProtoPNet's pipelines);
+    ``mode="all"`` applies rotation, skew, shear and (with probability ``elastic``) the elastic
+    distortion in sequence. Both then flip horizontally with probability 0.5. ``jpeg`` > 0
+    JPEG-compresses the uint8 image with that probability (:class:`RandomJPEG`, quality 20)
+    as the last step before normalisation.
     """
+    compress: list[torch.nn.Module] = [RandomJPEG(jpeg)] if jpeg > 0 else []
     if not augment:
-        return eval_transform(image_size)
+        return v2.Compose([*compress, *_normalize()]) if compress else eval_transform(image_size)
     ops, weights = geometric_ops(image_size, elastic)
     if mode == "choice":
         geometric: list[v2.Transform] = [v2.RandomChoice(ops, p=weights)]
@@ -103,7 +162,7 @@ def train_transform(image_size: int, augment: bool = True, *, elastic: float = 0
         geometric = ops[:3] + ([v2.RandomApply([ops[3]], p=elastic)] if len(ops) > 3 else [])
     else:
         raise ValueError(f"unknown augmentation mode {mode!r} (choose 'choice' or 'all')")
-    return v2.Compose([*geometric, v2.RandomHorizontalFlip(0.5), *_normalize()])
+    return v2.Compose([*geometric, v2.RandomHorizontalFlip(0.5), *compress, *_normalize()])
 
 
 def eval_transform(image_size: int | None = None) -> v2.Compose:

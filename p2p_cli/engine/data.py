@@ -45,7 +45,7 @@ def build_datasets(cfg: TrainConfig, index: DatasetIndex | None = None) -> DataB
     common = dict(image_size=cfg.image_size, crop_bbox=cfg.crop_bbox, cache=cfg.cache_images)
     bundle = DataBundle(
         index=index,
-        train=ImageDataset(index.train, train_transform(cfg.image_size, augment=cfg.augment),
+        train=ImageDataset(index.train, train_transform(cfg.image_size, augment=cfg.augment, jpeg=cfg.augment_jpeg),
                            repeats=cfg.repeats, **common),
         push=ImageDataset(index.train, eval_transform(cfg.image_size), **common),
         test=ImageDataset(index.test, eval_transform(cfg.image_size), **common),

@@ -98,6 +98,10 @@ def check_compatible(teacher: ProtoPNet, student: ProtoPNet, cfg: TrainConfig, m
     if method != "proto2proto" and head == "init":
         return
     if teacher.num_prototypes != student.num_prototypes:
+        if teacher.num_prototypes % len(classes):  # e.g. a pruned teacher: no prototypes_per_class fits
+            raise P2PError(f"prototype count mismatch: teacher m = {teacher.num_prototypes} (not a multiple of "
+                           f"its {len(classes)} classes, e.g. pruned), student m = {student.num_prototypes}; "
+                           f"no student can match it — use --method hint|rkd|kd with --head init")
         raise P2PError(f"prototype count mismatch: teacher m = {teacher.num_prototypes}, student m = "
                        f"{student.num_prototypes} (set prototypes_per_class to match)")
     if method == "proto2proto":

@@ -312,6 +312,8 @@ def prune(ref: str, *, workdir: Path, name: str | None, opts: PruneOptions, rt: 
     name = name or f"{source.name}-pruned"
     if (Path(workdir) / name).resolve() == source.path.resolve():
         raise P2PError(f"--name {name!r} is the source run; pruning never modifies its source")
+    if (Path(workdir) / name).exists() and not overwrite:  # fail before the work, not after it
+        raise P2PError(f"run '{Path(workdir) / name}' already exists; pass --overwrite to replace it")
     source_hash = weights_hash(model.state_dict())
     set_deterministic(cfg.deterministic)
     seed_everything(cfg.seed)
@@ -322,10 +324,10 @@ def prune(ref: str, *, workdir: Path, name: str | None, opts: PruneOptions, rt: 
     model.to(rt.device)
     if rt.channels_last:
         model.backbone.to(memory_format=torch.channels_last)
-    run = open_run(workdir, name, rt, overwrite=overwrite, resume=False)
     reporter.info(f"[bold]prune[/] {source.name} → {name}: {opts.method}, {model.num_prototypes} prototypes"
                   + (f" → {opts.target}" if opts.target else "") + f", device {rt.device}")
     result = prune_model(model, data, cfg, opts, rt, reporter)
+    run = open_run(workdir, name, rt, overwrite=overwrite, resume=False)  # created only once there is a result
     record = {"source": {"name": source.name, "path": str(source.path.resolve()), "weights_hash": source_hash},
               "method": opts.method, "target": opts.target if opts.method == "protopshare" else None,
               "step": _step(opts, model.num_prototypes), "fine_tune_epochs": cfg.last_layer_epochs

@@ -28,8 +28,10 @@ class PushResult:
     distance_before: squared distance ‖p_old − z‖² from the old prototype to the chosen patch z
         (direct form: exactly 0 when the prototype already was that patch; NaN if none found).
     distance_after: squared distance from the new prototype to that patch (≈ 0).
-    distance_maps: (m, H, W) distance maps of each prototype on its source image (before the
-        move), for the high-activation boxes of the provenance.
+    distance_maps: (m, H, W) squared distances from each *pushed* prototype (its source patch) to
+        every patch of its source image, for the high-activation boxes of the provenance (the
+        reference code uses the pre-projection prototype's map; after the push that map no longer
+        describes the model, and a re-push would report different boxes).
     grid: (H, W).
     """
 
@@ -80,7 +82,13 @@ def push_prototypes(model: torch.nn.Module, loader: DataLoader, rt: Runtime, *, 
             best_loc[js] = li
             f = feats.flatten(2)  # (B, D, HW)
             best_feat[js] = f[bi, :, li]
-            best_maps[js] = out.distances[bi, js]
+            # the distance map of the *pushed* prototype (= patch li of image bi) on its source image,
+            # so that provenance boxes describe the saved model and a re-push reproduces them
+            for c in range(0, len(js), 256):  # bounded (256, D, HW) temporaries
+                cb, cl = bi[c:c + 256], li[c:c + 256]
+                src = f[cb].float()  # (k, D, HW)
+                patch = src[torch.arange(len(cb), device=src.device), :, cl]  # (k, D)
+                best_maps[js[c:c + 256]] = ((src - patch[:, :, None]) ** 2).sum(dim=1).view(-1, h, w)
         if progress is not None:
             progress(len(images))
     if best_maps is None:

@@ -9,12 +9,13 @@ rather than stored, which is what makes a resumed run bit-identical in determini
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,6 +154,8 @@ class Trainer:
                 if batch == kill_at:  # fault injection for the resume tests: die like `kill -9`
                     os.kill(os.getpid(), signal.SIGKILL)
                 images, labels = rt.images(images), labels.to(rt.device)
+                if cfg.adversarial == "fgsm":  # robustness remedy: train on FGSM examples (see below)
+                    images = self._adversarial(images, labels)
                 with rt.autocast():
                     out = model(images)
                 terms = self.objective.loss(model, out, images, labels, step.stage)
@@ -175,6 +178,13 @@ class Trainer:
         row["train_acc"] = float(stats[0] / stats[1])
         row["test_acc"] = self.test_accuracy()
         return row
+
+    def _adversarial(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Fast adversarial training (Wong et al. 2020; Hoffmann et al. 2021, App. F.1): the batch is
+        replaced by its FGSM examples (random start, one step of ``adv_step``, radius ``adv_eps``)."""
+        from p2p_cli.engine.robustness import fgsm_examples
+
+        return fgsm_examples(self.model, images, labels, self.rt, eps=self.cfg.adv_eps, step=self.cfg.adv_step)
 
     def _min_distances(self, ds, description: str) -> tuple[torch.Tensor, torch.Tensor]:
         return min_distance_pass(self.model, ds, self.cfg, self.rt, self.reporter, description)
@@ -300,6 +310,26 @@ def fit_last_layer(model: ProtoPNet, opt: torch.optim.Optimizer, sims: torch.Ten
     holds all rows, so the steps are identical and need no gradient sync.
     Returns one row per epoch: ``ll_epoch``, loss terms, ``train_acc`` (and ``test_acc``).
     """
+    with _one_thread(sims.device.type == "cpu"):
+        return _fit_last_layer(model, opt, sims, labels, cfg, epochs, generator, test_accuracy)
+
+
+@contextlib.contextmanager
+def _one_thread(enabled: bool) -> Iterator[None]:
+    """Run tiny CPU ops (a K×m last layer) on one thread: with more, OpenMP's synchronisation
+    costs more than the work — 50× slower on a busy 2-core machine (measured), never faster."""
+    threads = torch.get_num_threads()
+    if enabled:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_last_layer(model: ProtoPNet, opt: torch.optim.Optimizer, sims: torch.Tensor, labels: torch.Tensor,
+                    cfg: TrainConfig, epochs: int, generator: torch.Generator,
+                    test_accuracy: Callable[[], float] | None) -> list[dict[str, Any]]:
     rows = []
     for e in range(epochs):
         order = torch.randperm(len(labels), generator=generator).to(sims.device)

@@ -24,6 +24,7 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Path], None]) -> Non
     os.close(fd)
     tmp_path = Path(tmp)
     try:
+        os.chmod(tmp_path, _file_mode(path))  # mkstemp makes 0600; give the file a normal file's mode
         writer(tmp_path)
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -31,6 +32,16 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Path], None]) -> Non
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _file_mode(path: Path) -> int:
+    """The mode a plain ``open(path, "w")`` would give: the existing file's, else 0666 minus the umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

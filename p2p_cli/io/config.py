@@ -36,6 +36,8 @@ class TrainConfig:
     image_size: int = _key(224, "input side in pixels", minimum=16)
     crop_bbox: bool = _key(False, "crop CUB/Cars/synthetic images to their bounding boxes")
     augment: bool = _key(True, "online augmentation (rotate, skew, shear, elastic, flip)")
+    augment_jpeg: float = _key(0.0, "probability of JPEG-compressing a training image at quality 20 "
+                               "(robustness remedy; 0 = off)", minimum=0)
     repeats: int = _key(1, "an epoch is this many passes over the base training images", minimum=1)
     cache_images: bool = _key(False, "keep decoded, resized images in memory (small datasets)")
     workers: int = _key(2, "DataLoader worker processes", minimum=0)
@@ -73,6 +75,10 @@ class TrainConfig:
     lambda_clst: float = _key(0.8, "cluster cost weight (paper 0.8; reference code 1.0)")
     lambda_sep: float = _key(-0.08, "separation cost weight (negative)")
     lambda_l1: float = _key(1e-4, "off-class last-layer L1 weight", minimum=0)
+    adversarial: str = _key("none", "adversarial training: none, or fgsm (fast FGSM, Wong et al. 2020)",
+                            choices=("none", "fgsm"))
+    adv_eps: float = _key(8 / 255, "FGSM training: L∞ radius in [0, 1] pixel units (e.g. 8/255)", minimum=0)
+    adv_step: float = _key(10 / 255, "FGSM training: step size in [0, 1] pixel units (e.g. 10/255)", minimum=0)
     # -- runtime -----------------------------------------------------------------------------
     precision: str = _key("auto", "autocast precision of the backbone", choices=("auto", "bf16", "fp16", "fp32"))
     channels_last: bool = _key(True, "channels_last memory format for the backbone")
@@ -111,6 +117,17 @@ def _base_type(annotation: Any) -> tuple[type, bool]:
     return hint, False
 
 
+def parse_number(text: str) -> float:
+    """A float from ``"0.5"``, ``"1e-3"`` or a fraction ``"8/255"`` (pixel budgets); ValueError otherwise."""
+    if "/" not in text:
+        return float(text)
+    num, _, den = text.partition("/")
+    try:
+        return float(num) / float(den)
+    except ZeroDivisionError:
+        raise ValueError(f"division by zero in {text!r}") from None
+
+
 def coerce_value(key: str, value: Any) -> Any:
     """Check and convert one value for ``key``; raise a one-line P2PError when it does not fit."""
     fld = KEYS[key]
@@ -134,7 +151,7 @@ def coerce_value(key: str, value: Any) -> Any:
         elif kind is float:
             if isinstance(value, bool):
                 raise ValueError
-            out = float(value)
+            out = parse_number(value) if isinstance(value, str) else float(value)
         else:
             out = str(value)
     except (TypeError, ValueError):
@@ -185,6 +202,8 @@ def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str,
             raise P2PError(f"unknown option '{key}'{did_you_mean(key, KEYS)}")
         values[key] = coerce_value(key, value)
     cfg = TrainConfig(**values)
+    if cfg.augment_jpeg > 1:
+        raise P2PError(f"config key 'augment_jpeg' is a probability in [0, 1], got {cfg.augment_jpeg}")
     if cfg.warm_epochs > cfg.epochs:
         raise P2PError(f"warm_epochs ({cfg.warm_epochs}) exceeds epochs ({cfg.epochs})")
     if cfg.dataset != "synthetic" and not cfg.data_root:

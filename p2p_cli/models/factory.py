@@ -45,6 +45,18 @@ def build_from_metadata(meta: dict[str, Any], tensors: dict[str, torch.Tensor] |
     return cls(config, class_identity=identity)
 
 
+def _skeleton(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ProtoPNet | None:
+    """The architecture built on the ``meta`` device (no memory, no weight init — seconds saved
+    for VGG), or None if this architecture cannot be built there."""
+    try:
+        with torch.device("meta"):
+            return build_from_metadata(meta, tensors)
+    except P2PError:
+        raise
+    except Exception:  # noqa: BLE001 - some timm models compute values at init; fall back
+        return None
+
+
 def load_model(path: Path) -> tuple[ProtoPNet, dict[str, Any]]:
     """Load a model file (or a training snapshot) written by p2p; returns (model in eval mode, metadata)."""
     tensors, raw = load_tensors(path)
@@ -52,8 +64,14 @@ def load_model(path: Path) -> tuple[ProtoPNet, dict[str, Any]]:
     if meta.get("format") != "p2p-model":
         raise P2PError(f"{path}: a safetensors file, but not a p2p model (no p2p metadata)")
     tensors = split_model_tensors(tensors)
-    model = build_from_metadata(meta, tensors)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    model = _skeleton(meta, tensors)
+    if model is not None:  # no random init: every parameter and buffer comes from the file
+        missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+        if not missing and any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+            model = None  # a tensor outside the state dict: build normally
+    if model is None:
+        model = build_from_metadata(meta, tensors)
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         what = f"missing '{missing[0]}'" if missing else f"unexpected '{unexpected[0]}'"
         raise P2PError(f"{path}: weights do not fit the recorded architecture ({what})")
