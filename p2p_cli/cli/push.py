@@ -38,8 +38,10 @@ def push_cmd(
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Push prototypes (SPEC §4): each prototype becomes its nearest add-on patch among the un-augmented
-    training images of its class (one pass, vectorised over prototypes) — the trainer's own push.
+    """Project prototypes onto their nearest own-class training patches and record where they come from.
+
+    SPEC §4: each prototype becomes its nearest add-on patch among the un-augmented training images of
+    its class (one pass, vectorised over prototypes) — the trainer's own push.
 
     Writes RUN/prototypes.json (per prototype: class, source image index/path/sha256, grid location,
     distance before and after, receptive-field box, 95th-percentile activation box) and, with

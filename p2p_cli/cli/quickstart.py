@@ -24,8 +24,10 @@ def quickstart_cmd(
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train a teacher, a baseline student and a Proto2Proto student on the synthetic data, prune the
-    student, evaluate and explain them all, and write WORKDIR/report/ (report.md, report.html, report.json).
+    """The whole Proto2Proto pipeline on the built-in synthetic data, ending in a report.
+
+    Trains a teacher, a baseline student and a Proto2Proto student, prunes the Proto2Proto student,
+    evaluates and explains them all, and writes WORKDIR/report/ (report.md, report.html, report.json).
 
     Finished runs are reused and interrupted ones resumed: run it again after an interruption.
     """

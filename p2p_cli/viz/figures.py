@@ -24,7 +24,7 @@ TEXT_IN = 1.95  # text panel width (inches)
 GAP_IN = 0.35  # gap between model columns
 FONT = 8.0
 TITLE_FONT = 10.5
-WRAP = 30  # characters per text-panel line at FONT
+WRAP = 27  # characters per text-panel line at FONT (30 wide letters overflow TEXT_IN)
 
 
 @dataclass

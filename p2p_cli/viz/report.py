@@ -146,8 +146,9 @@ def write_report(out: Path, report: dict[str, Any], curves: Mapping[str, Sequenc
         for kind, caption in (("explanation", "top-5 prototypes of teacher, baseline and Proto2Proto student"),
                               ("gallery", "teacher prototypes beside their Hungarian-matched student prototypes")):
             if kind in fig["files"]:
+                where = "/".join(Path(fig["image"]).parts[-2:])  # class folder / file: names repeat across classes
                 page.image(html.Image(Path(fig["files"][kind]).read_bytes(), f"{kind} {i}",
-                                      f"Image {i} ({Path(fig['image']).name}): {caption}"))
+                                      f"Image {i} ({where}): {caption}"))
     page.heading("Training curves")
     page.image(html.Image(curves_png, "training curves", "loss terms and accuracy per epoch; ★ = final "
                                                            "(pushed, last layer tuned) test accuracy"))
