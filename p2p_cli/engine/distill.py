@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from p2p_cli.engine.data import build_datasets
-from p2p_cli.engine.objectives import ProtoPNetObjective, ppnet_terms
+from p2p_cli.engine.objectives import ProtoPNetObjective, task_terms
 from p2p_cli.engine.report import Reporter
 from p2p_cli.engine.runtime import Runtime, seed_everything, set_deterministic
 from p2p_cli.engine.train import build_model, open_run, write_run_config
@@ -64,7 +64,7 @@ class DistillObjective:
         terms = self.method.compute(teacher, student, self.settings)
         total = terms["transfer"]
         if stage != "warm" and self.cfg.ppnet_loss:
-            ppnet = ppnet_terms(model, out, labels, self.cfg)
+            ppnet = task_terms(model, out, labels, self.cfg)
             total = total + ppnet.pop("total")
             terms.update(ppnet)
         terms["total"] = total
@@ -77,9 +77,8 @@ def load_teacher(ref: str | None, workdir: Path, rt: Runtime) -> tuple[RunDir, P
         raise P2PError("distill needs a teacher: --teacher REF (a run directory or a run name in the workdir)")
     run = resolve_ref(ref, workdir)
     model, meta = load_model(run.model_path)
-    if meta.get("arch") != "protopnet" or str(meta.get("stage")) != "final":
-        raise P2PError(f"teacher '{ref}' is not a trained ProtoPNet run (arch {meta.get('arch')}, "
-                       f"stage {meta.get('stage')})")
+    if str(meta.get("stage")) != "final":
+        raise P2PError(f"teacher '{ref}' is not a trained run (stage {meta.get('stage')})")
     digest = weights_hash(model.state_dict())
     model.to(rt.device).eval()
     model.requires_grad_(False)
@@ -134,15 +133,19 @@ def distill(cfg: TrainConfig, *, workdir: Path, name: str, rt: Runtime, reporter
     # The baseline (--method none) is train-teacher on the small backbone: it never sees the
     # teacher's head; --head applies to the distillation methods.
     head = "init" if cfg.method == "none" else cfg.head
+    if teacher.arch != student.arch:
+        raise P2PError(f"teacher '{teacher_run.name}' is a {teacher.arch} but the student would be a {student.arch}; "
+                       f"pass --arch {teacher.arch}")
+    if cfg.method != "none":  # a tree student takes the teacher tree's shape (index-aligned prototypes)
+        student.align_to(teacher, copy_head=False)
     check_compatible(teacher, student, cfg, cfg.method, head, rt, list(teacher_meta.get("class_names", [])),
                      data.classes)
-    if head in ("copy", "frozen"):
-        with torch.no_grad():
-            student.last_layer.weight.copy_(teacher.last_layer.weight)
-            student.class_identity.copy_(teacher.class_identity)
+    if head in ("copy", "frozen"):  # ProtoPNet: the last layer; ProtoTree: the leaves
+        student.align_to(teacher, copy_head=True)
     head_frozen = head == "frozen"
     if head_frozen:
-        student.last_layer.requires_grad_(False)
+        for p in student.parameter_groups().get("last_layer", []):
+            p.requires_grad_(False)
     if cfg.method == "none":
         objective: Any = ProtoPNetObjective(cfg)
     else:

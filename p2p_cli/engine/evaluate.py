@@ -570,8 +570,6 @@ class EvalModel:
 def load_eval_model(run: RunDir) -> EvalModel:
     """Load a run's final model, its metadata and (if present) its config.yaml."""
     model, meta = load_model(run.model_path)
-    if meta.get("arch") != "protopnet":
-        raise P2PError(f"'{run.path}' is not a ProtoPNet run (arch {meta.get('arch')})")
     raw: dict[str, Any] = {}
     cfg = None
     if run.config_path.is_file():
@@ -790,6 +788,13 @@ def metric_report(acts: dict[str, Activations], teacher: str, *, metrics: Sequen
             else:
                 row["pms"] = None
         model = (models or {}).get(name)
+        if model is not None and hasattr(model, "predictions") and "acc" in metrics:
+            row["tree"] = tree_modes(model, a)
+        if model is not None and not hasattr(model, "last_layer"):
+            if "explanation" in metrics or "sparsity" in metrics:
+                notes.append(f"'{name}' is a {model.arch}: explanation size and last-layer sparsity are "
+                             "ProtoPNet measures (shown as –)")
+            model = None
         if "explanation" in metrics and model is not None:
             sims = np.log((a.min_dist.astype(np.float64) + 1.0) / (a.min_dist.astype(np.float64) + 1e-4))
             row["explanation_size"] = explanation_size(sims, model.last_layer.weight.detach().cpu().numpy(), a.logits)
@@ -798,6 +803,19 @@ def metric_report(acts: dict[str, Activations], teacher: str, *, metrics: Sequen
                                                   model.class_identity.detach().cpu().numpy())
         out["models"][name] = row
     return out
+
+
+def tree_modes(model: torch.nn.Module, a: Activations) -> dict[str, Any]:
+    """A ProtoTree's three inference modes (distributed = soft, sample-max, greedy) from the
+    min distances: accuracy, and fidelity = agreement with the soft tree's prediction."""
+    with torch.no_grad():
+        preds = model.predictions(torch.from_numpy(a.min_dist).float())
+    labels = torch.from_numpy(a.labels).long()
+    soft = preds["distributed"]
+    n = max(len(labels), 1)
+    return {"leaves": int(model.num_leaves), "depth": int(model.config.depth),
+            "modes": {mode: {"acc": float((p == labels).sum()) / n, "fidelity": float((p == soft).sum()) / n}
+                      for mode, p in preds.items()}}
 
 
 def chance_level(t_acts: Activations, taus: Sequence[float], fidelity: str, seed: int) -> dict[str, Any]:
@@ -1126,6 +1144,18 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
         cells += [""] * (len(cols) - len(cells))
         table.add_row(*cells, style="dim")
     console.print(table)
+    trees = {name: row["tree"] for name, row in report["models"].items() if row.get("tree")}
+    if trees:
+        t3 = Table(title="ProtoTree inference modes: accuracy (fidelity to the distributed tree)",
+                   title_justify="left")
+        for c in ("model", "leaves", "distributed", "sample-max", "greedy"):
+            t3.add_column(c, justify="left" if c == "model" else "right")
+        for name, tr in trees.items():
+            modes = tr["modes"]
+            t3.add_row(name, str(tr["leaves"]),
+                       *(f"{modes[k]['acc']:.3f} ({modes[k]['fidelity']:.3f})"
+                         for k in ("distributed", "sample_max", "greedy")))
+        console.print(t3)
     if len(report["taus"]) > 1:
         for metric, label, digits in (("aap", "AAP(τ): distinct active patches per image", 2),
                                       ("ajs", "AJS(τ) with the teacher ↑", 3)):

@@ -132,8 +132,6 @@ def load_bundle(ref: str | Path, workdir: Path, rt: Runtime) -> ModelBundle:
     """Resolve ``ref`` (run directory, its model file, or a run name in ``workdir``) and load it."""
     run = resolve_ref(ref, workdir)
     model, meta = load_model(run.model_path)
-    if meta.get("arch") != "protopnet":
-        raise P2PError(f"{run.path}: not a ProtoPNet run (arch {meta.get('arch')!r})")
     cfg = config_from_dict(run.read_config(), source=str(run.config_path))
     model.to(rt.device).eval()
     classes = [str(c) for c in meta.get("class_names") or []]
@@ -279,6 +277,55 @@ def explain(model: ProtoPNet, image: torch.Tensor, rt: Runtime, *, top_k: int = 
     return Explanation(logits=logits.cpu().numpy(), probabilities=torch.softmax(logits, 0).cpu().numpy(),
                        predicted=predicted, explained=c, evidence=evidence, similarities=sims.cpu().numpy(),
                        grid=(int(h), int(w)))
+
+
+@dataclass
+class PathStep:
+    """One node visited by a ProtoTree's greedy routing."""
+
+    prototype: int
+    distance: float  # Euclidean min distance d_j
+    probability: float  # exp(−d_j): probability of routing right ("prototype present")
+    right: bool  # direction taken (p > 0.5)
+    location: tuple[int, int]
+    distance_map: np.ndarray
+
+
+@dataclass
+class TreePath:
+    steps: list[PathStep]
+    leaf: int
+    leaf_distribution: np.ndarray  # (K,)
+    predicted: int  # greedy prediction: the leaf's arg-max class
+    soft_probabilities: np.ndarray  # (K,) the distributed (soft) tree's ŷ
+    leaf_probability: float  # π_leaf(x) in the soft tree
+
+
+@torch.no_grad()
+def tree_path(model: torch.nn.Module, image: torch.Tensor, rt: Runtime) -> TreePath:
+    """Greedy routing of a ProtoTree on one uint8 (3, S, S) ``image``: at every node go right iff
+    exp(−d) > 0.5, down to a leaf."""
+    model.eval()
+    x = rt.images(normalize(image)[None])
+    with rt.autocast():
+        feats = model.features(x)
+    out = model.head(feats)
+    dist = out.distances[0].float()  # (m, H, W)
+    min_d = out.min_distances[0].float()
+    h, w = dist.shape[-2:]
+    flat_arg = dist.flatten(1).argmin(dim=1)
+    steps = []
+    node = model.tree()
+    while node.leaf is None:
+        j = int(node.prototype)  # type: ignore[arg-type]
+        p = float(torch.exp(-min_d[j]))
+        loc = int(flat_arg[j])
+        steps.append(PathStep(j, float(min_d[j]), p, p > 0.5, (loc // w, loc % w), dist[j].cpu().numpy()))
+        node = node.right if p > 0.5 else node.left  # type: ignore[assignment]
+    leaf = int(node.leaf)
+    dists = model.leaf_distributions()[leaf].float().cpu().numpy()
+    pi = model.log_path_probabilities(min_d[None])[0, leaf].exp()
+    return TreePath(steps, leaf, dists, int(dists.argmax()), out.logits[0].float().exp().cpu().numpy(), float(pi))
 
 
 def activation(distance_map: np.ndarray, size: tuple[int, int], percentile: float = 95.0

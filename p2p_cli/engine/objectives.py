@@ -15,7 +15,8 @@ from p2p_cli.models.protopnet import ProtoOutput
 
 
 class ProtoPNetObjective:
-    """CE + λ_clst·Clst + λ_sep·Sep + λ_l1·L1 in the warm and joint stages."""
+    """The architecture's own loss in the warm and joint stages (:func:`task_terms`):
+    ProtoPNet CE + λ_clst·Clst + λ_sep·Sep + λ_l1·L1; ProtoTree NLL."""
 
     name = "protopnet"
 
@@ -27,7 +28,20 @@ class ProtoPNetObjective:
 
     def loss(self, model: nn.Module, out: ProtoOutput, images: torch.Tensor, labels: torch.Tensor,
              stage: str) -> dict[str, torch.Tensor]:
-        return ppnet_terms(model, out, labels, self.cfg)
+        return task_terms(model, out, labels, self.cfg)
+
+
+def tree_terms(model: nn.Module, out: ProtoOutput, labels: torch.Tensor, cfg: TrainConfig
+               ) -> dict[str, torch.Tensor]:
+    """ProtoTree: NLL of the tree's prediction (its logits are log ŷ)."""
+    nll = nn.functional.nll_loss(out.logits, labels)
+    return {"nll": nll, "total": nll}
+
+
+def task_terms(model: nn.Module, out: ProtoOutput, labels: torch.Tensor, cfg: TrainConfig
+               ) -> dict[str, torch.Tensor]:
+    """The loss that trains ``model`` for classification, by its architecture."""
+    return TASK_LOSSES[model.arch](model, out, labels, cfg)
 
 
 def ppnet_terms(model: nn.Module, out: ProtoOutput, labels: torch.Tensor, cfg: TrainConfig
@@ -42,3 +56,6 @@ def last_layer_terms(model: nn.Module, logits: torch.Tensor, labels: torch.Tenso
     ce = nn.functional.cross_entropy(logits, labels)
     l1 = l1_off_class(model.last_layer.weight, model.class_identity)
     return {"ce": ce, "l1": l1, "total": ce + cfg.lambda_l1 * l1}
+
+
+TASK_LOSSES = {"protopnet": ppnet_terms, "prototree": tree_terms}

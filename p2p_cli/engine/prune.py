@@ -305,6 +305,9 @@ def prune(ref: str, *, workdir: Path, name: str | None, opts: PruneOptions, rt: 
     t0 = time.perf_counter()
     source = resolve_ref(ref, workdir)
     model, meta = load_model(source.model_path)
+    if meta.get("arch") != "protopnet":
+        raise P2PError(f"'{source.name}' is a {meta.get('arch')}: p2p prune merges ProtoPNet prototypes; a "
+                       "ProtoTree is pruned at the end of its training (prune_threshold)")
     src_cfg = source.read_config()
     validate(opts, model.num_prototypes)
     overrides = {k: v for k, v in (("data_root", data_root), ("seed", seed)) if v is not None}

@@ -33,7 +33,7 @@ from p2p_cli.io.atomic import atomic_write_json
 from p2p_cli.io.config import TrainConfig, config_from_dict
 from p2p_cli.io.rundir import RunDir, prepare_run, resolve_ref
 from p2p_cli.models.factory import load_model, save_model
-from p2p_cli.models.protopnet import ProtoPNet, log_similarity
+from p2p_cli.models.protopnet import ProtoPNet
 from p2p_cli.viz import render
 
 MOVED_TOL = 1e-8
@@ -80,7 +80,7 @@ def accuracy(model: ProtoPNet, ds: ImageDataset, cfg: TrainConfig, rt: Runtime, 
         for images, labels, _ in loader:
             with rt.autocast():
                 feats = model.features(rt.images(images))
-            logits = model.last_layer(log_similarity(model.head(feats).min_distances))
+            logits = model.logits_from_min_distances(model.head(feats).min_distances)
             correct += int((logits.argmax(1).cpu() == labels).sum())
             seen += len(labels)
             advance(len(labels))
@@ -92,8 +92,6 @@ def push_run(req: PushRequest, reporter: Reporter) -> dict[str, Any]:
     t0 = time.perf_counter()
     run = resolve_ref(req.model, req.workdir)
     model, meta = load_model(run.model_path)
-    if meta.get("arch") != "protopnet":
-        raise P2PError(f"{run.path}: not a ProtoPNet run (arch {meta.get('arch')!r})")
     target = RunDir(Path(req.workdir) / req.name) if req.name else run
     if req.name and target.path.exists() and not req.overwrite:
         raise P2PError(f"run '{target.path}' already exists; pass --overwrite to replace it")

@@ -21,14 +21,22 @@ from p2p_cli.io.config import SCHEMA_VERSION, TrainConfig
 from p2p_cli.io.rundir import RunDir, prepare_run
 from p2p_cli.models.backbones import load_backbone_weights
 from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig
+from p2p_cli.models.prototree import ProtoTree, ProtoTreeConfig
 
 
 def build_model(cfg: TrainConfig, num_classes: int, rt: Runtime, *, backbone: str | None = None) -> ProtoPNet:
     """A fresh ProtoPNet for ``cfg`` (weights: --pretrained, --weights FILE, or random)."""
-    config = ProtoPNetConfig(backbone=backbone or cfg.backbone, num_classes=num_classes,
-                             prototypes_per_class=cfg.prototypes_per_class, prototype_depth=cfg.prototype_depth,
-                             add_on=cfg.add_on, feature_stride=cfg.feature_stride)
-    model = ProtoPNet(config, pretrained=cfg.pretrained)
+    model: ProtoPNet | ProtoTree
+    if cfg.arch == "prototree":
+        tree = ProtoTreeConfig(backbone=backbone or cfg.backbone, num_classes=num_classes, depth=cfg.depth,
+                               prototype_depth=cfg.prototype_depth, feature_stride=cfg.feature_stride,
+                               leaf_update=cfg.leaf_update, log_probabilities=cfg.log_probabilities)
+        model = ProtoTree(tree, pretrained=cfg.pretrained)
+    else:
+        config = ProtoPNetConfig(backbone=backbone or cfg.backbone, num_classes=num_classes,
+                                 prototypes_per_class=cfg.prototypes_per_class, prototype_depth=cfg.prototype_depth,
+                                 add_on=cfg.add_on, feature_stride=cfg.feature_stride)
+        model = ProtoPNet(config, pretrained=cfg.pretrained)
     if cfg.weights:
         load_backbone_weights(model.backbone, Path(cfg.weights))
     model.to(rt.device)
@@ -67,7 +75,7 @@ def train_teacher(cfg: TrainConfig, *, workdir: Path, name: str, rt: Runtime, re
     run = open_run(workdir, name, rt, overwrite=overwrite, resume=resume)
     if rt.is_main and not resume:
         write_run_config(run, cfg, "train-teacher")
-    reporter.info(f"[bold]train-teacher[/] {name}: {cfg.backbone}, {model.num_prototypes} prototypes × "
+    reporter.info(f"[bold]train-teacher[/] {name}: {cfg.arch} {cfg.backbone}, {model.num_prototypes} prototypes × "
                   f"D={model.prototype_depth}, {len(data.classes)} classes, {len(data.index.train)} train / "
                   f"{len(data.index.test)} test images at {cfg.image_size} px, device {rt.device}, "
                   f"precision {rt.amp_dtype or 'fp32'}")

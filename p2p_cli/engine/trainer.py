@@ -69,7 +69,7 @@ class Trainer:
         c = self.cfg
         return {"backbone": (c.lr_backbone, c.weight_decay), "add_on": (c.lr_add_on, c.weight_decay),
                 "prototypes": (c.lr_prototypes, 0.0), "extra": (c.lr_add_on, c.weight_decay),
-                "last_layer": (c.lr_last_layer, 0.0)}[group]
+                "last_layer": (c.lr_last_layer, 0.0), "leaves": (c.lr_leaves, 0.0)}[group]
 
     def optimizer(self, stage: str) -> torch.optim.Optimizer | None:
         """The stage's Adam (created once, kept across epochs and pushes, as ProtoPNet does)."""
@@ -85,7 +85,9 @@ class Trainer:
                                          "name": name})
             if not param_groups:
                 return None
-            self.optimizers[stage] = torch.optim.Adam(param_groups)
+            # ProtoTree trains with AdamW (Nauta et al. 2021), ProtoPNet with Adam
+            optim = torch.optim.AdamW if self.cfg.arch == "prototree" else torch.optim.Adam
+            self.optimizers[stage] = optim(param_groups)
         return self.optimizers[stage]
 
     def _freeze_except(self, stage: str) -> None:
@@ -116,6 +118,8 @@ class Trainer:
                 rows = [self._train_epoch(step, i)]
             elif step.kind == "push":
                 rows = [self._push(step)]
+            elif step.kind == "prune_tree":
+                rows = [self._prune_tree(step)]
             else:
                 rows = self._last_layer(step)
             for r in rows:
@@ -136,8 +140,8 @@ class Trainer:
         cfg, rt, model = self.cfg, self.rt, self.model
         self._freeze_except(step.stage)
         opt = self.optimizer(step.stage)
-        if step.stage == "joint" and opt is not None:
-            factor = S.joint_lr_factor(cfg, step.epoch)
+        if opt is not None:
+            factor = S.lr_factor(cfg, step.stage, step.epoch)
             for g in opt.param_groups:
                 g["lr"] = g["initial_lr"] * factor
         model.train()
@@ -165,6 +169,8 @@ class Trainer:
                     self._sync_grads(trainable)
                     self.scaler.step(opt)
                     self.scaler.update()
+                if self._leaves_derivative_free:
+                    self._update_leaves(out.min_distances.detach(), labels, len(loader))
                 n = len(labels)
                 for k, v in terms.items():
                     sums[k] += float(v.detach()) * n
@@ -179,6 +185,26 @@ class Trainer:
         row["test_acc"] = self.test_accuracy()
         return row
 
+    @property
+    def _leaves_derivative_free(self) -> bool:
+        """A ProtoTree whose leaves follow the derivative-free rule (and are not reused frozen)."""
+        return getattr(self.model, "derivative_free", False) and not self.head_frozen
+
+    def _update_leaves(self, min_distances: torch.Tensor, labels: torch.Tensor, batches: int) -> None:
+        """ProtoTree's derivative-free leaf update after a batch, smoothed over an epoch
+        (α = 1 / batches per epoch); under torch.distributed the statistics of all ranks are summed."""
+        stats = self.model.leaf_statistics(min_distances.float(), labels)
+        count = torch.tensor([float(len(labels))], device=stats.device)
+        stats, count = all_reduce_sum(stats, self.rt), all_reduce_sum(count, self.rt)
+        self.model.update_leaves(stats, int(count.item()), 1.0 / max(batches, 1))
+
+    def _prune_tree(self, step: S.Step) -> dict[str, Any]:
+        """ProtoTree pruning after training: drop subtrees of (nearly) uniform leaves."""
+        sizes = self.model.prune_(self.cfg.prune_threshold)
+        self.reporter.info(f"pruned tree: {sizes['leaves_before']} → {sizes['leaves_after']} leaves, "
+                           f"{sizes['prototypes_before']} → {sizes['prototypes_after']} prototypes")
+        return {"epoch": step.epoch + 1, "stage": "prune_tree", **sizes, "test_acc": self.test_accuracy()}
+
     def _adversarial(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Fast adversarial training (Wong et al. 2020; Hoffmann et al. 2021, App. F.1): the batch is
         replaced by its FGSM examples (random start, one step of ``adv_step``, radius ``adv_eps``)."""
@@ -192,7 +218,7 @@ class Trainer:
     def test_accuracy(self, cached: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
         dists, labels = cached or self._min_distances(self.data.test, "test")
         with torch.no_grad():
-            logits = self.model.last_layer(log_similarity(dists))
+            logits = self.model.logits_from_min_distances(dists)
         return float((logits.argmax(1) == labels).float().mean()) if len(labels) else 0.0
 
     def _push(self, step: S.Step) -> dict[str, Any]:

@@ -35,12 +35,14 @@ from p2p_cli.engine.explain import (
     read_image,
     sample_region,
     test_argmins,
+    tree_path,
 )
 from p2p_cli.engine.report import Reporter
 from p2p_cli.engine.runtime import Runtime
 from p2p_cli.errors import P2PError
 from p2p_cli.io.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from p2p_cli.viz import figures, html, render
+from p2p_cli.viz.tree import tree_figure
 
 DISPLAY_MIN = 224  # display images: longer side max(224, S) px
 
@@ -171,18 +173,23 @@ def visualize(req: VisualizeRequest, rt: Runtime, reporter: Reporter) -> Visuali
             raise P2PError(f"--show-parts: the dataset at {index.root if index else ''} has no part annotations")
 
     cache = SourceCache()
+    lines: list[str] = []
     files: dict[str, Path] = {}
     summary: dict[str, Any] = {"image": str(req.image) if req.image else None, "models": []}
     page = html.Page("p2p visualize" + (f" — {req.image.name}" if req.image else ""),
                      meta=("image: " + str(req.image) + (f" ({pil.width}×{pil.height} px)" if pil else "")
                            if req.image else "") + f"  ·  models: {', '.join(b.label for b in bundles)}")
     scenes: list[_Scene] = []
-    if pil is not None:
-        if sample is not None and index is not None:
-            summary["true_class"] = index.classes[sample.label]
-            summary["split"] = found[1] if found else None
+    trees = [b for b in bundles if hasattr(b.model, "tree")]  # ProtoTree runs: decision path + tree image
+    nets = [b for b in bundles if b not in trees]
+    if pil is not None and sample is not None and index is not None:
+        summary["true_class"] = index.classes[sample.label]
+        summary["split"] = found[1] if found else None
+    if trees:
+        summary["trees"] = _tree_figures(trees, pil, sample, true_label, cache, long_side, rt, out, files, page, lines)
+    if pil is not None and nets:
         columns = []
-        for b in bundles:
+        for b in nets:
             cls = class_index(req.class_name, b.classes) if req.class_name else None
             region = sample_region(sample, pil, bool(b.cfg.crop_bbox))
             x = model_input(pil, b.image_size, region)
@@ -209,7 +216,7 @@ def visualize(req: VisualizeRequest, rt: Runtime, reporter: Reporter) -> Visuali
                        "right: the training patch the prototype was projected onto."
                        + (" Dashed green boxes: ground-truth parts." if req.show_parts else ""))
         page.image(html.Image(png, "explanation figure", ""))
-        for b, scene, col in zip(bundles, scenes, columns, strict=True):
+        for b, scene, col in zip(nets, scenes, columns, strict=True):
             page.heading(b.label, 3)
             page.table(_explanation_table(b, scene.explanation, col))
     if req.prototypes:
@@ -231,7 +238,6 @@ def visualize(req: VisualizeRequest, rt: Runtime, reporter: Reporter) -> Visuali
     if req.json_path:
         atomic_write_json(req.json_path, summary)
         files["json"] = req.json_path
-    lines = []
     for m in summary["models"]:
         lines.append(f"{m['name']}: predicts {m['predicted']} (p = {m['probability']:.2f}), "
                      f"explains {m['explained']} with prototypes {', '.join(str(t['prototype']) for t in m['top_k'])}")
@@ -239,6 +245,81 @@ def visualize(req: VisualizeRequest, rt: Runtime, reporter: Reporter) -> Visuali
         for s in summary["gallery"]["students"]:
             lines.append(f"{s['name']}: PMS {s['pms']:.3f} against {summary['gallery']['teacher']}")
     return VisualizeResult(out, files, summary, lines)
+
+
+# ----------------------------------------------------------------------------- ProtoTree
+
+
+def _tree_figures(trees: list[ModelBundle], pil: Image.Image | None, sample: Sample | None, true_label: int | None,
+                  cache: SourceCache, long_side: int, rt: Runtime, out: Path, files: dict[str, Path],
+                  page: html.Page, lines: list[str]) -> list[dict[str, Any]]:
+    """Per ProtoTree run: the greedy decision path for the image (when given) and the whole tree."""
+    result = []
+    for b in trees:
+        slug = b.name.replace("#", "-")
+        info: dict[str, Any] = {"name": b.name, "run": str(b.run.path), "leaves": b.model.num_leaves,
+                                "prototypes": b.model.num_prototypes}
+        highlight: set = set()
+        if pil is not None:
+            region = sample_region(sample, pil, bool(b.cfg.crop_bbox))
+            path = tree_path(b.model, model_input(pil, b.image_size, region), rt)
+            disp = display_image(pil, long_side, region)
+            h, w = disp.shape[:2]
+            cells = []
+            for i, st in enumerate(path.steps, start=1):
+                up, box = activation(st.distance_map, (h, w))
+                where = render.draw_box(render.overlay_heatmap(disp, up), box, render.BOX_COLOR, width=2)
+                _, patch, _ = _source_images(cache, b, st.prototype, long_side)
+                cells.append(figures.Cell(
+                    left=where, right=patch, title=f"node {i}: prototype {st.prototype}",
+                    subtitle="present → go right" if st.right else "absent → go left",
+                    fields=[("distance", f"{st.distance:.3f}"), ("exp(−d)", f"{st.probability:.3f}")],
+                    note=f"closest patch at cell ({st.location[0]}, {st.location[1]})"))
+                highlight.add(("p", st.prototype))
+            highlight.add(("l", path.leaf))
+            pred = path.predicted
+            verdict, color = "", "black"
+            if true_label is not None and true_label < len(b.classes):
+                verdict, color = ("✓ ", "#1a7f37") if pred == true_label else ("✗ ", "#c62828")
+            soft = int(path.soft_probabilities.argmax())
+            header = [f"{verdict}leaf {path.leaf}: {display_name(b.classes[pred])}",
+                      f"leaf probability {path.leaf_distribution[pred]:.2f}; soft tree: "
+                      f"{display_name(b.classes[soft])} ({path.soft_probabilities[soft]:.2f})"]
+            col = figures.Column(title=f"{b.label} — decision path", cells=cells, header_lines=header,
+                                 header_image=disp, header_color=color)
+            png = figures.panel_figure([col], title=f"Decision path (greedy routing) — {b.name}",
+                                       left_label="where it fires in the image",
+                                       right_label="prototype (source patch)",
+                                       subtitle="right = prototype present (exp(−d) > 0.5), left = absent")
+            files[f"decision_path-{slug}"] = out / f"decision_path-{slug}.png"
+            atomic_write_bytes(files[f"decision_path-{slug}"], png)
+            page.heading(f"{b.label}: decision path")
+            page.paragraph("The nodes visited by greedy routing, top to bottom: where each node's prototype is "
+                           "closest in the image (heat map, 95th-percentile box), its source patch, its Euclidean "
+                           "distance d and exp(−d), the probability of going right (\"present\").")
+            page.image(html.Image(png, f"decision path of {b.name}", ""))
+            info.update(leaf=path.leaf, predicted=b.classes[pred], soft_predicted=b.classes[soft],
+                        path=[{"prototype": st.prototype, "distance": st.distance, "probability": st.probability,
+                               "direction": "right" if st.right else "left", "location": list(st.location)}
+                              for st in path.steps])
+            lines.append(f"{b.name}: greedy path {' → '.join(f'p{st.prototype}' for st in path.steps)} → leaf "
+                         f"{path.leaf}: {b.classes[pred]}")
+        dists = b.model.leaf_distributions().detach().cpu().numpy()
+        leaf_lines = {ell: [f"{c}:{display_name(b.classes[c])[:14]} {dists[ell, c]:.2f}"
+                            for c in np.argsort(dists[ell])[::-1][:2]] for ell in range(len(dists))}
+        images = {}
+        for j in range(b.model.num_prototypes):
+            _, patch, _ = _source_images(cache, b, j, long_side)
+            images[j] = patch
+        png = tree_figure(b.model.tree(), images, leaf_lines, highlight=highlight,
+                          title=f"{b.name}: {b.model.num_leaves} leaves, {b.model.num_prototypes} prototypes"
+                                + ("  (red: greedy path of the image)" if highlight else ""))
+        files[f"tree-{slug}"] = out / f"tree-{slug}.png"
+        atomic_write_bytes(files[f"tree-{slug}"], png)
+        page.heading(f"{b.label}: the tree")
+        page.image(html.Image(png, f"tree of {b.name}", ""))
+        result.append(info)
+    return result
 
 
 # ----------------------------------------------------------------------------- explanation parts
@@ -325,8 +406,10 @@ def _gallery(req: VisualizeRequest, bundles: list[ModelBundle], scenes: list[_Sc
     teacher, students = bundles[0], bundles[1:]
     if req.class_name:
         c = class_index(req.class_name, teacher.classes)
-    else:
+    elif scenes:
         c = scenes[0].explanation.explained
+    else:  # ProtoTree runs only: no top-k explanation chose a class
+        raise P2PError("--prototypes with ProtoTree runs needs --class NAME (the class whose prototypes to show)")
     argmins: list[np.ndarray] = []
     grids = []
     for b in bundles:

@@ -48,6 +48,7 @@ class TrainConfig:
     synthetic_image_size: int = _key(112, "synthetic: generated image side", minimum=32)
     synthetic_seed: int = _key(0, "synthetic: generator seed")
     # -- model -----------------------------------------------------------------------------
+    arch: str = _key("protopnet", "prototypical architecture", choices=("protopnet", "prototree"))
     backbone: str = _key("resnet50", "backbone name from the registry (`p2p models`) or any timm CNN")
     pretrained: bool = _key(False, "start from timm's ImageNet weights (needs network access)")
     weights: str | None = _key(None, "local backbone weights: .safetensors, or .pth (weights only)")
@@ -55,6 +56,16 @@ class TrainConfig:
     prototype_depth: int | None = _key(None, "prototype depth D (default: 256 ResNet/DenseNet, 128 VGG)")
     prototypes_per_class: int = _key(10, "prototypes per class", minimum=1)
     add_on: str | None = _key(None, "add-on type", choices=("regular", "bottleneck"))
+    depth: int | None = _key(None, "prototree: tree depth (2^depth leaves, 2^depth − 1 prototypes; "
+                             "default ceil(log2 K) + 1, 9 for 200 classes)", minimum=1)
+    leaf_update: str = _key("derivative-free", "prototree: leaves updated after every batch without "
+                            "gradients (paper), or trained by gradient", choices=("derivative-free", "gradient"))
+    log_probabilities: bool = _key(True, "prototree: routing in log space (numerically stable)")
+    lr_leaves: float = _key(1e-3, "prototree: leaf learning rate (leaf_update gradient)", minimum=0)
+    milestones: str | None = _key(None, "prototree: MultiStepLR epochs, comma-separated (× lr_gamma at "
+                                  "each; null: no decay)")
+    prune_threshold: float = _key(0.01, "prototree: prune leaves whose max probability ≤ this or ≤ 1/K + "
+                                  "this (nearly uniform)", minimum=0)
     # -- schedule (SPEC §3) ------------------------------------------------------------------
     epochs: int = _key(20, "warm + joint epochs", minimum=1)
     warm_epochs: int = _key(6, "warm-up epochs (backbone frozen unless warm_train_backbone)", minimum=0)
@@ -71,7 +82,7 @@ class TrainConfig:
     weight_decay: float = _key(1e-3, "weight decay of backbone and add-on", minimum=0)
     lr_step_start: int | None = _key(16, "epoch of the first StepLR decay (null: no decay)", minimum=0)
     lr_step_size: int = _key(4, "StepLR: decay every N epochs", minimum=1)
-    lr_gamma: float = _key(0.1, "StepLR decay factor", minimum=0)
+    lr_gamma: float = _key(0.1, "StepLR (prototree: MultiStepLR) decay factor", minimum=0)
     lambda_clst: float = _key(0.8, "cluster cost weight (paper 0.8; reference code 1.0)")
     lambda_sep: float = _key(-0.08, "separation cost weight (negative)")
     lambda_l1: float = _key(1e-4, "off-class last-layer L1 weight", minimum=0)
@@ -206,9 +217,24 @@ def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str,
         raise P2PError(f"config key 'augment_jpeg' is a probability in [0, 1], got {cfg.augment_jpeg}")
     if cfg.warm_epochs > cfg.epochs:
         raise P2PError(f"warm_epochs ({cfg.warm_epochs}) exceeds epochs ({cfg.epochs})")
+    if cfg.milestones is not None:
+        parse_milestones(cfg.milestones)
     if cfg.dataset != "synthetic" and not cfg.data_root:
         raise P2PError(f"dataset '{cfg.dataset}' needs a data root (--data-root or data_root)")
     return cfg
+
+
+def parse_milestones(text: str | None) -> list[int]:
+    """``"10,20"`` → [10, 20]; a one-line P2PError for anything else."""
+    if text is None or not str(text).strip():
+        return []
+    try:
+        values = sorted(int(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        raise P2PError(f"config key 'milestones' expects comma-separated epochs like '10,20', got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise P2PError(f"config key 'milestones' expects epochs ≥ 0, got {text!r}")
+    return values
 
 
 def config_from_dict(data: dict[str, Any], *, source: str) -> TrainConfig:

@@ -11,8 +11,9 @@ import p2p_cli
 from p2p_cli.errors import P2PError
 from p2p_cli.io.checkpoint import decode_metadata, load_tensors, save_tensors, split_model_tensors
 from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig
+from p2p_cli.models.prototree import ProtoTree, ProtoTreeConfig
 
-ARCHITECTURES = {"protopnet": (ProtoPNet, ProtoPNetConfig)}
+ARCHITECTURES = {"protopnet": (ProtoPNet, ProtoPNetConfig), "prototree": (ProtoTree, ProtoTreeConfig)}
 
 
 def model_metadata(model: ProtoPNet, *, stage: str, class_names: list[str], extra: dict[str, Any] | None = None
@@ -41,8 +42,7 @@ def build_from_metadata(meta: dict[str, Any], tensors: dict[str, torch.Tensor] |
         raise P2PError(f"unsupported architecture {arch!r} in checkpoint")
     cls, cfg_cls = ARCHITECTURES[arch]
     config = cfg_cls(**meta["model_config"])
-    identity = tensors.get("class_identity") if tensors is not None else None
-    return cls(config, class_identity=identity)
+    return cls(config, **cls.structure_from(tensors))
 
 
 def _skeleton(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ProtoPNet | None:

@@ -177,6 +177,22 @@ class ProtoPNet(nn.Module):
     def forward(self, images: torch.Tensor) -> ProtoOutput:
         return self.head(self.features(images))
 
+    def logits_from_min_distances(self, min_distances: torch.Tensor) -> torch.Tensor:
+        """Logits from min distances alone (B, m) → (B, K): h(log similarity)."""
+        return self.last_layer(log_similarity(min_distances))
+
+    def align_to(self, teacher: nn.Module, *, copy_head: bool) -> None:
+        """Distillation: with ``copy_head``, take the teacher's last layer and class identity."""
+        if copy_head:
+            with torch.no_grad():
+                self.last_layer.weight.copy_(teacher.last_layer.weight)
+                self.class_identity.copy_(teacher.class_identity)
+
+    @staticmethod
+    def structure_from(tensors: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor | None]:
+        """Constructor arguments that fix the shape, from a saved state dict."""
+        return {"class_identity": (tensors or {}).get("class_identity")}
+
     # -- pruning ------------------------------------------------------------------------------
     def merge_prototypes(self, groups: list[list[int]]) -> ProtoPNet:
         """A new model whose prototype ``i`` is ``groups[i]`` merged (ProtoPShare, Rymarczyk et al. 2021).

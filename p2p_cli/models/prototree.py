@@ -1,0 +1,364 @@
+"""ProtoTree (Nauta et al., CVPR 2021): a soft binary decision tree over prototypes.
+
+backbone f → add-on g (1×1 conv + sigmoid) → one D×1×1 prototype per internal node →
+routing → leaves. The forward pass returns the same :class:`ProtoOutput` as ProtoPNet
+(logits, min distances (B, m), distance maps (B, m, H, W), add-on features), so distillation,
+push and the metrics work unchanged. Differences a reader must know:
+
+- distances are **Euclidean** (not squared): ``d = sqrt(relu(‖z‖² − 2 z·p + ‖p‖²) + ε)``;
+- node j routes an image **right** with probability ``p_j = exp(−d_j)`` (d_j = min distance of
+  prototype j over the grid: "the prototype is present") and left with ``1 − p_j``;
+- ``logits`` are ``log ŷ`` with ``ŷ = Σ_leaves π_ℓ(x)·σ(c_ℓ)`` a probability vector, so
+  ``cross_entropy(logits, y)`` is exactly the NLL of the paper.
+
+The tree's shape is one buffer, ``routes`` (L, m) int8: ``routes[ℓ, j]`` is +1 if the path to
+leaf ℓ goes right at the node of prototype j, −1 if it goes left, 0 if j is not on that path.
+A complete tree of depth d has L = 2^d leaves and m = 2^d − 1 prototypes (breadth-first order,
+leaves left to right); pruning deletes rows and columns. Path probabilities are then one
+matrix product: ``log π = R·log p + Lm·log(1 − p)`` (R, Lm the ±1 indicator matrices).
+
+Leaves: ``leaf_params`` c (L, K). ``leaf_update="gradient"``: σ(c) = softmax(c), trained by
+backprop. ``"derivative-free"``: c are non-negative responsibility masses, σ(c) = c / Σc, updated
+after every batch by :meth:`ProtoTree.update_leaves` (no gradients; see there).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from p2p_cli.models.backbones import create_backbone
+from p2p_cli.models.protopnet import ProtoOutput, squared_l2_distances
+from p2p_cli.models.registry import get_backbone_spec
+
+LEAF_UPDATES = ("derivative-free", "gradient")
+INFERENCE_MODES = ("distributed", "sample_max", "greedy")
+_EPS = 1e-12
+
+
+def default_depth(num_classes: int) -> int:
+    """ceil(log2 K) + 1: 9 for 200 classes (the paper's CUB/Cars setting), 5 for 10."""
+    return max(1, math.ceil(math.log2(max(num_classes, 2)))) + 1
+
+
+@dataclass(frozen=True)
+class ProtoTreeConfig:
+    backbone: str
+    num_classes: int
+    depth: int | None = None
+    prototype_depth: int | None = None
+    feature_stride: int | None = None
+    leaf_update: str = "derivative-free"
+    log_probabilities: bool = True
+    arch: str = field(default="prototree")
+
+    def resolved(self) -> ProtoTreeConfig:
+        spec = get_backbone_spec(self.backbone)
+        return ProtoTreeConfig(backbone=self.backbone, num_classes=self.num_classes,
+                               depth=self.depth or default_depth(self.num_classes),
+                               prototype_depth=self.prototype_depth or spec.prototype_depth,
+                               feature_stride=self.feature_stride or spec.feature_stride,
+                               leaf_update=self.leaf_update, log_probabilities=self.log_probabilities)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def complete_routes(depth: int) -> torch.Tensor:
+    """(2^d, 2^d − 1) int8 routes of a complete tree (internal nodes breadth-first, root 0)."""
+    leaves, nodes = 2 ** depth, 2 ** depth - 1
+    routes = torch.zeros(leaves, nodes, dtype=torch.int8)
+    for leaf in range(leaves):
+        node = 0
+        for level in range(depth):
+            bit = (leaf >> (depth - 1 - level)) & 1
+            routes[leaf, node] = 1 if bit else -1
+            node = 2 * node + 1 + bit
+    return routes
+
+
+@dataclass
+class Node:
+    """One node of the tree reconstructed from ``routes``: internal (prototype j) or leaf ℓ."""
+
+    prototype: int | None = None
+    leaf: int | None = None
+    left: Node | None = None
+    right: Node | None = None
+
+    def leaves(self) -> list[int]:
+        if self.leaf is not None:
+            return [self.leaf]
+        return self.left.leaves() + self.right.leaves()  # type: ignore[union-attr]
+
+    def prototypes(self) -> list[int]:
+        if self.leaf is not None:
+            return []
+        return [self.prototype, *self.left.prototypes(), *self.right.prototypes()]  # type: ignore[list-item,union-attr]
+
+
+def tree_from_routes(routes: torch.Tensor) -> Node:
+    """The nested tree that ``routes`` (L, m) describes."""
+    r = routes.to(torch.int64).cpu()
+
+    def build(leaves: list[int], used: set[int]) -> Node:
+        if len(leaves) == 1:
+            return Node(leaf=leaves[0])
+        sub = r[leaves]
+        for j in range(r.shape[1]):
+            if j in used:
+                continue
+            col = sub[:, j]
+            if bool((col != 0).all()) and bool((col > 0).any()) and bool((col < 0).any()):
+                left = [ell for ell in leaves if r[ell, j] < 0]
+                right = [ell for ell in leaves if r[ell, j] > 0]
+                return Node(prototype=j, left=build(left, used | {j}), right=build(right, used | {j}))
+        raise ValueError("routes do not describe a binary tree")
+
+    return build(list(range(r.shape[0])), set())
+
+
+class ProtoTree(nn.Module):
+    """Soft binary prototype tree (see the module docstring for the maths)."""
+
+    arch = "prototree"
+
+    def __init__(self, config: ProtoTreeConfig, *, pretrained: bool = False,
+                 routes: torch.Tensor | None = None) -> None:
+        super().__init__()
+        config = config.resolved()
+        if config.leaf_update not in LEAF_UPDATES:
+            raise ValueError(f"unknown leaf_update {config.leaf_update!r}")
+        self.config = config
+        spec = get_backbone_spec(config.backbone)
+        self.backbone, channels = create_backbone(spec, feature_stride=config.feature_stride, pretrained=pretrained)
+        depth = int(config.prototype_depth)  # type: ignore[arg-type]
+        self.add_on = nn.Sequential(nn.Conv2d(channels, depth, 1), nn.Sigmoid())
+        nn.init.kaiming_normal_(self.add_on[0].weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(self.add_on[0].bias)
+        if routes is None:
+            routes = complete_routes(int(config.depth))  # type: ignore[arg-type]
+        leaves, m = routes.shape
+        self.register_buffer("routes", routes.clone().to(torch.int8))
+        self.prototype_vectors = nn.Parameter(torch.randn(m, depth, 1, 1) * 0.1 + 0.5)  # N(0.5, 0.1)
+        k = config.num_classes
+        if self.derivative_free:
+            init = torch.softmax(torch.randn(leaves, k), dim=1) / leaves  # masses; each leaf's row sums to 1/L
+            self.leaf_params = nn.Parameter(init, requires_grad=False)
+        else:
+            self.leaf_params = nn.Parameter(torch.randn(leaves, k) * 1e-3)
+
+    # -- shapes -------------------------------------------------------------------------------
+    @property
+    def derivative_free(self) -> bool:
+        return self.config.leaf_update == "derivative-free"
+
+    @property
+    def num_prototypes(self) -> int:
+        return self.prototype_vectors.shape[0]
+
+    @property
+    def num_leaves(self) -> int:
+        return self.leaf_params.shape[0]
+
+    @property
+    def prototype_depth(self) -> int:
+        return self.prototype_vectors.shape[1]
+
+    @property
+    def prototypes(self) -> torch.Tensor:
+        return self.prototype_vectors.flatten(1)
+
+    def tree(self) -> Node:
+        return tree_from_routes(self.routes)
+
+    def leaf_distributions(self) -> torch.Tensor:
+        """σ(c): (L, K), rows sum to 1."""
+        c = self.leaf_params.float()
+        if self.derivative_free:
+            c = c.clamp_min(0) + _EPS
+            return c / c.sum(dim=1, keepdim=True)
+        return torch.softmax(c, dim=1)
+
+    @property
+    def class_identity(self) -> torch.Tensor:
+        """(m, K) 0/1: class k is the arg-max class of some leaf below node j (the push's "own
+        class" images for prototype j). Derived from the leaves, never stored."""
+        leaf_class = self.leaf_distributions().argmax(dim=1)  # (L,)
+        onehot = torch.nn.functional.one_hot(leaf_class, self.config.num_classes).float()  # (L, K)
+        below = (self.routes != 0).float().t()  # (m, L)
+        return (below @ onehot > 0).float()
+
+    # -- routing ------------------------------------------------------------------------------
+    def _indicators(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        r = self.routes.to(device)
+        return (r > 0).float(), (r < 0).float()
+
+    def log_path_probabilities(self, min_distances: torch.Tensor) -> torch.Tensor:
+        """log π (B, L) from Euclidean min distances (B, m): log-space, ``log p = −d``."""
+        d = min_distances.float()
+        right, left = self._indicators(d.device)
+        log_right = -d
+        log_left = torch.log(-torch.expm1(-d.clamp_min(1e-7)))  # log(1 − exp(−d)), finite
+        return log_right @ right.t() + log_left @ left.t()
+
+    def path_probabilities(self, min_distances: torch.Tensor) -> torch.Tensor:
+        """π (B, L) as plain products over each leaf's path (the non-log option)."""
+        d = min_distances.float()
+        right, left = self._indicators(d.device)
+        p = torch.exp(-d)[:, None, :]  # (B, 1, m)
+        factors = right[None] * p + left[None] * (1 - p) + (1 - right - left)[None]  # (B, L, m)
+        return factors.prod(dim=2)
+
+    def logits_from_min_distances(self, min_distances: torch.Tensor) -> torch.Tensor:
+        """log ŷ (B, K), ŷ = Σ_ℓ π_ℓ σ(c_ℓ) — log-space or plain per ``log_probabilities``."""
+        dist = self.leaf_distributions().to(min_distances.device)
+        if self.config.log_probabilities:
+            log_pi = self.log_path_probabilities(min_distances)
+            return torch.logsumexp(log_pi[:, :, None] + torch.log(dist + _EPS)[None], dim=1)
+        return torch.log(self.path_probabilities(min_distances) @ dist + _EPS)
+
+    def greedy_leaves(self, min_distances: torch.Tensor) -> torch.Tensor:
+        """(B,) the leaf reached by following, at every node, the more probable side (p > 0.5)."""
+        go_right = (torch.exp(-min_distances.float()) > 0.5).float()  # (B, m)
+        right, left = self._indicators(min_distances.device)
+        mismatches = (1 - go_right) @ right.t() + go_right @ left.t()  # (B, L)
+        return mismatches.argmin(dim=1)
+
+    def predictions(self, min_distances: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Predicted class per image (B,) in the three inference modes of the paper."""
+        dist = self.leaf_distributions().to(min_distances.device)
+        soft = self.logits_from_min_distances(min_distances).argmax(1)
+        sample_max = dist[self.log_path_probabilities(min_distances).argmax(1)].argmax(1)
+        greedy = dist[self.greedy_leaves(min_distances)].argmax(1)
+        return {"distributed": soft, "sample_max": sample_max, "greedy": greedy}
+
+    # -- forward ------------------------------------------------------------------------------
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        feats = self.backbone(images)
+        with torch.autocast(device_type=feats.device.type, enabled=False):
+            return self.add_on(feats.float().contiguous())
+
+    def head(self, features: torch.Tensor) -> ProtoOutput:
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            distances = torch.sqrt(squared_l2_distances(features, self.prototypes) + 1e-10)
+            min_distances = distances.flatten(2).amin(dim=2)
+            logits = self.logits_from_min_distances(min_distances)
+        return ProtoOutput(logits, min_distances, distances, features)
+
+    def forward(self, images: torch.Tensor) -> ProtoOutput:
+        return self.head(self.features(images))
+
+    # -- derivative-free leaves ---------------------------------------------------------------
+    @torch.no_grad()
+    def leaf_statistics(self, min_distances: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Σ over the batch of the leaf responsibilities (L, K):
+
+        ``u_ℓ,k = Σ_b [y_b = k] · σ_ℓ,k · π_ℓ(x_b) / ŷ_k(x_b)`` — the posterior probability that
+        image b (of class k) was explained by leaf ℓ (Kontschieder et al. 2015; ProtoTree Eq. 6).
+        For each image the row-sum over leaves is 1."""
+        dist = self.leaf_distributions().to(min_distances.device)  # (L, K)
+        log_pi = self.log_path_probabilities(min_distances)  # (B, L)
+        log_sig_y = torch.log(dist + _EPS).t()[labels]  # (B, L): log σ_ℓ,y_b
+        joint = log_pi + log_sig_y
+        resp = torch.softmax(joint, dim=1)  # divide by ŷ_y(x) = Σ_ℓ π_ℓ σ_ℓ,y
+        onehot = torch.nn.functional.one_hot(labels, self.config.num_classes).float()  # (B, K)
+        return resp.t() @ onehot
+
+    @torch.no_grad()
+    def update_leaves(self, statistics: torch.Tensor, count: int, smoothing: float) -> None:
+        """``c ← (1 − α)·c + α·u/B``: exponential smoothing (α = ``smoothing``, the trainer uses
+        1 / batches per epoch) of the batch's mean responsibilities ``u/B``."""
+        new = (1 - smoothing) * self.leaf_params.data.float() + smoothing * statistics.float() / max(count, 1)
+        self.leaf_params.data.copy_(new.to(self.leaf_params.dtype))
+
+    # -- pruning ------------------------------------------------------------------------------
+    def prunable_leaves(self, threshold: float) -> torch.Tensor:
+        """(L,) bool: max σ ≤ threshold, or nearly uniform (max σ − 1/K ≤ threshold)."""
+        mx = self.leaf_distributions().amax(dim=1)
+        return (mx <= threshold) | (mx - 1.0 / self.config.num_classes <= threshold)
+
+    @torch.no_grad()
+    def prune_(self, threshold: float) -> dict[str, int]:
+        """Remove every maximal subtree whose leaves are all prunable; its parent node is removed
+        too and the sibling subtree takes the parent's place. In place; returns the sizes."""
+        before = {"leaves_before": self.num_leaves, "prototypes_before": self.num_prototypes}
+        bad = self.prunable_leaves(threshold).cpu()
+        drop_leaves: set[int] = set()
+        drop_nodes: set[int] = set()
+
+        def visit(node: Node) -> bool:  # True if the whole subtree is prunable
+            if node.leaf is not None:
+                return bool(bad[node.leaf])
+            lp, rp = visit(node.left), visit(node.right)  # type: ignore[arg-type]
+            if lp and rp:
+                return True
+            for child, prunable in ((node.left, lp), (node.right, rp)):
+                if prunable:
+                    drop_leaves.update(child.leaves())  # type: ignore[union-attr]
+                    drop_nodes.update(child.prototypes())  # type: ignore[union-attr]
+                    drop_nodes.add(node.prototype)  # type: ignore[arg-type]
+            return False
+
+        visit(self.tree())  # an entirely prunable tree is kept whole (nothing would be left)
+        keep_l = [i for i in range(self.num_leaves) if i not in drop_leaves]
+        keep_m = [j for j in range(self.num_prototypes) if j not in drop_nodes]
+        self._select(keep_l, keep_m)
+        return {**before, "leaves_after": self.num_leaves, "prototypes_after": self.num_prototypes}
+
+    def _select(self, leaves: list[int], prototypes: list[int]) -> None:
+        li = torch.tensor(leaves, dtype=torch.long, device=self.routes.device)
+        mi = torch.tensor(prototypes, dtype=torch.long, device=self.routes.device)
+        self.routes = self.routes[li][:, mi].contiguous()
+        self.prototype_vectors = nn.Parameter(self.prototype_vectors.data[mi.to(self.prototype_vectors.device)].clone(),
+                                              requires_grad=self.prototype_vectors.requires_grad)
+        self.leaf_params = nn.Parameter(self.leaf_params.data[li.to(self.leaf_params.device)].clone(),
+                                        requires_grad=self.leaf_params.requires_grad)
+
+    def resize_like(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Give routes, prototypes and leaves the shapes of ``state_dict`` (a pruned tree's)."""
+        routes = state_dict.get("routes")
+        if routes is None or tuple(routes.shape) == tuple(self.routes.shape):
+            return
+        leaves, m = routes.shape
+        dev = self.prototype_vectors.device
+        self.routes = routes.clone().to(device=self.routes.device, dtype=torch.int8)
+        self.prototype_vectors = nn.Parameter(torch.zeros(m, self.prototype_depth, 1, 1, device=dev),
+                                              requires_grad=self.prototype_vectors.requires_grad)
+        self.leaf_params = nn.Parameter(torch.zeros(leaves, self.config.num_classes, device=dev),
+                                        requires_grad=self.leaf_params.requires_grad)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
+        self.resize_like(state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def align_to(self, teacher: nn.Module, *, copy_head: bool) -> None:
+        """Distillation: take the teacher tree's shape (index-aligned prototypes) and, with
+        ``copy_head``, its leaves."""
+        if not isinstance(teacher, ProtoTree):
+            raise ValueError("a ProtoTree student needs a ProtoTree teacher")
+        self.resize_like({"routes": teacher.routes})
+        with torch.no_grad():
+            self.prototype_vectors.normal_(0.5, 0.1)
+            if copy_head:
+                self.leaf_params.copy_(teacher.leaf_params)
+            elif self.derivative_free:  # uniform masses; routing breaks the symmetry
+                self.leaf_params.fill_(1.0 / (self.num_leaves * self.config.num_classes))
+            else:
+                self.leaf_params.normal_(0.0, 1e-3)
+
+    @staticmethod
+    def structure_from(tensors: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor | None]:
+        """Constructor arguments that fix the shape, from a saved state dict."""
+        return {"routes": (tensors or {}).get("routes")}
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {
+            "backbone": list(self.backbone.parameters()),
+            "add_on": list(self.add_on.parameters()),
+            "prototypes": [self.prototype_vectors],
+            "leaves": [self.leaf_params],
+        }
