@@ -8,6 +8,7 @@ keys and out-of-range values are one-line errors that name the key.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -116,9 +117,15 @@ class TrainConfig:
 KEYS: dict[str, dataclasses.Field] = {f.name: f for f in fields(TrainConfig)}
 
 
+@functools.cache
+def _type_hints() -> dict[str, Any]:
+    """TrainConfig's resolved annotations (``get_type_hints`` is slow; configs are built often)."""
+    return typing.get_type_hints(TrainConfig)
+
+
 def _base_type(annotation: Any) -> tuple[type, bool]:
     """(python type, optional?) of a field annotation such as ``int | None``."""
-    hint = typing.get_type_hints(TrainConfig)[annotation] if isinstance(annotation, str) else annotation
+    hint = _type_hints()[annotation] if isinstance(annotation, str) else annotation
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,11 +29,7 @@ def create_backbone(spec: BackboneSpec, *, feature_stride: int | None = None,
     import timm
 
     stride = feature_stride or spec.feature_stride
-    try:
-        probe = timm.create_model(spec.timm_id, pretrained=False, features_only=True)
-    except RuntimeError as exc:  # timm raises for models without feature extraction support
-        raise P2PError(f"backbone '{spec.name}' cannot be used as a CNN feature extractor: {exc}") from exc
-    infos = probe.feature_info.get_dicts()
+    infos = _feature_infos(spec)
     strides = [info["reduction"] for info in infos]
     # The deepest feature map with the requested stride (VGG has two at stride 32: conv + pool).
     matches = [i for i, r in enumerate(strides) if r == stride]
@@ -48,6 +46,26 @@ def create_backbone(spec: BackboneSpec, *, feature_stride: int | None = None,
                            "without network access pass a local file with --weights") from exc
         raise
     return _SingleFeature(model), infos[index]["num_chs"]
+
+
+@functools.cache
+def _feature_infos_cached(name: str, timm_id: str) -> tuple[tuple[tuple[str, Any], ...], ...]:
+    import timm
+
+    try:
+        with torch.device("meta"):  # only the feature layout is needed: no memory, no real init
+            probe = timm.create_model(timm_id, pretrained=False, features_only=True)
+    except Exception:  # noqa: BLE001 - a model that cannot be built on meta, or has no feature extraction
+        try:
+            probe = timm.create_model(timm_id, pretrained=False, features_only=True)
+        except RuntimeError as exc:  # timm raises for models without feature extraction support
+            raise P2PError(f"backbone '{name}' cannot be used as a CNN feature extractor: {exc}") from exc
+    return tuple(tuple(sorted(info.items())) for info in probe.feature_info.get_dicts())
+
+
+def _feature_infos(spec: BackboneSpec) -> list[dict[str, Any]]:
+    """timm's feature_info of ``spec`` (channels, reduction, module per stage), computed once per model."""
+    return [dict(items) for items in _feature_infos_cached(spec.name, spec.timm_id)]
 
 
 class _SingleFeature(nn.Module):
