@@ -157,5 +157,5 @@ def panel_figure(columns: list[Column], *, title: str, left_label: str, right_la
             _image_axis(box(x + CELL_IN + 0.08, y, CELL_IN, CELL_IN), cell.right)
             _text_panel(box(x + 2 * CELL_IN + 0.16, y, TEXT_IN - 0.16, CELL_IN), cell)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, facecolor="white", pil_kwargs={"optimize": True})
+    fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
     return buf.getvalue()
