@@ -32,7 +32,7 @@ from p2p_cli.io.config import TrainConfig, config_from_dict
 from p2p_cli.io.rundir import RunDir, list_runs, resolve_ref
 from p2p_cli.metrics.transfer import pms
 from p2p_cli.models.factory import load_model
-from p2p_cli.models.protopnet import ProtoPNet, log_similarity
+from p2p_cli.models.protopnet import ProtoOutput, ProtoPNet, PrototypeNetwork, log_similarity
 
 QUICKSTART_NAMES = ("teacher", "baseline", "proto2proto")
 """Runs that ``p2p visualize`` shows by default, in this order, when they exist."""
@@ -245,15 +245,21 @@ class Explanation:
 
 
 @torch.no_grad()
-def explain(model: ProtoPNet, image: torch.Tensor, rt: Runtime, *, top_k: int = 5,
-            class_index: int | None = None) -> Explanation:
-    """Run ``model`` on one uint8 (3, S, S) ``image``; rank prototypes by contribution
-    ``s_j · w_cj`` to class c (the prediction, or ``class_index``)."""
+def forward_one(model: PrototypeNetwork, image: torch.Tensor, rt: Runtime) -> ProtoOutput:
+    """``model`` (eval mode) on one uint8 (3, S, S) ``image``: a batch-of-one output, the backbone
+    under the runtime's autocast, the prototype head in fp32."""
     model.eval()
     x = rt.images(normalize(image)[None])
     with rt.autocast():
         feats = model.features(x)
-    out = model.head(feats)
+    return model.head(feats)
+
+
+def explain(model: ProtoPNet, image: torch.Tensor, rt: Runtime, *, top_k: int = 5,
+            class_index: int | None = None) -> Explanation:
+    """Run ``model`` on one uint8 (3, S, S) ``image``; rank prototypes by contribution
+    ``s_j · w_cj`` to class c (the prediction, or ``class_index``)."""
+    out = forward_one(model, image, rt)
     dist = out.distances[0].float()  # (m, H, W)
     min_d = out.min_distances[0].float()  # (m,)
     sims = log_similarity(min_d)
@@ -305,11 +311,7 @@ class TreePath:
 def tree_path(model: torch.nn.Module, image: torch.Tensor, rt: Runtime) -> TreePath:
     """Greedy routing of a ProtoTree on one uint8 (3, S, S) ``image``: at every node go right iff
     exp(−d) > 0.5, down to a leaf."""
-    model.eval()
-    x = rt.images(normalize(image)[None])
-    with rt.autocast():
-        feats = model.features(x)
-    out = model.head(feats)
+    out = forward_one(model, image, rt)
     dist = out.distances[0].float()  # (m, H, W)
     min_d = out.min_distances[0].float()
     h, w = dist.shape[-2:]

@@ -112,7 +112,41 @@ def log_similarity(distances: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     return torch.log((distances + 1.0) / (distances + eps))
 
 
-class ProtoPNet(nn.Module):
+class PrototypeNetwork(nn.Module):
+    """What every prototypical architecture shares: ``backbone`` → ``add_on`` features and a
+    ``prototype_vectors`` parameter (m, D, 1, 1). Subclasses build those and define ``head``."""
+
+    backbone: nn.Module
+    add_on: nn.Module
+    prototype_vectors: nn.Parameter
+
+    @property
+    def num_prototypes(self) -> int:
+        return self.prototype_vectors.shape[0]
+
+    @property
+    def prototype_depth(self) -> int:
+        return self.prototype_vectors.shape[1]
+
+    @property
+    def prototypes(self) -> torch.Tensor:
+        """(m, D) view of the prototype vectors."""
+        return self.prototype_vectors.flatten(1)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Add-on features ω(x): (B, D, H, W) in fp32 (the backbone may run under autocast)."""
+        feats = self.backbone(images)
+        with torch.autocast(device_type=feats.device.type, enabled=False):
+            return self.add_on(feats.float().contiguous())
+
+    def head(self, features: torch.Tensor) -> ProtoOutput:
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> ProtoOutput:
+        return self.head(self.features(images))
+
+
+class ProtoPNet(PrototypeNetwork):
     """ProtoPNet with m = K · prototypes_per_class prototypes of shape D×1×1.
 
     Buffers: ``class_identity`` (m, K) — after ProtoPShare merging a prototype may serve several
@@ -139,20 +173,6 @@ class ProtoPNet(nn.Module):
         self.last_layer = nn.Linear(m, config.num_classes, bias=False)
         self.set_last_layer_incorrect_connection(-0.5)
 
-    # -- shapes -------------------------------------------------------------------------------
-    @property
-    def num_prototypes(self) -> int:
-        return self.prototype_vectors.shape[0]
-
-    @property
-    def prototype_depth(self) -> int:
-        return self.prototype_vectors.shape[1]
-
-    @property
-    def prototypes(self) -> torch.Tensor:
-        """(m, D) view of the prototype vectors."""
-        return self.prototype_vectors.flatten(1)
-
     def set_last_layer_incorrect_connection(self, incorrect_strength: float = -0.5) -> None:
         """h ← +1 for own-class connections, ``incorrect_strength`` elsewhere (SPEC §2)."""
         positive = self.class_identity.t()  # (K, m)
@@ -160,12 +180,6 @@ class ProtoPNet(nn.Module):
             self.last_layer.weight.copy_(positive + incorrect_strength * (1 - positive))
 
     # -- forward ------------------------------------------------------------------------------
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Add-on features ω(x): (B, D, H, W) in fp32 (the backbone may run under autocast)."""
-        feats = self.backbone(images)
-        with torch.autocast(device_type=feats.device.type, enabled=False):
-            return self.add_on(feats.float().contiguous())
-
     def head(self, features: torch.Tensor) -> ProtoOutput:
         """Prototype layer + last layer on add-on features (fp32, outside autocast)."""
         with torch.autocast(device_type=features.device.type, enabled=False):
@@ -173,9 +187,6 @@ class ProtoPNet(nn.Module):
             min_distances = distances.flatten(2).amin(dim=2)
             logits = self.last_layer(log_similarity(min_distances))
         return ProtoOutput(logits, min_distances, distances, features)
-
-    def forward(self, images: torch.Tensor) -> ProtoOutput:
-        return self.head(self.features(images))
 
     def logits_from_min_distances(self, min_distances: torch.Tensor) -> torch.Tensor:
         """Logits from min distances alone (B, m) → (B, K): h(log similarity)."""

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from p2p_cli.models.backbones import create_backbone
-from p2p_cli.models.protopnet import ProtoOutput, squared_l2_distances
+from p2p_cli.models.protopnet import ProtoOutput, PrototypeNetwork, squared_l2_distances
 from p2p_cli.models.registry import get_backbone_spec
 
 LEAF_UPDATES = ("derivative-free", "gradient")
@@ -121,7 +121,7 @@ def tree_from_routes(routes: torch.Tensor) -> Node:
     return build(list(range(r.shape[0])), set())
 
 
-class ProtoTree(nn.Module):
+class ProtoTree(PrototypeNetwork):
     """Soft binary prototype tree (see the module docstring for the maths)."""
 
     arch = "prototree"
@@ -157,20 +157,8 @@ class ProtoTree(nn.Module):
         return self.config.leaf_update == "derivative-free"
 
     @property
-    def num_prototypes(self) -> int:
-        return self.prototype_vectors.shape[0]
-
-    @property
     def num_leaves(self) -> int:
         return self.leaf_params.shape[0]
-
-    @property
-    def prototype_depth(self) -> int:
-        return self.prototype_vectors.shape[1]
-
-    @property
-    def prototypes(self) -> torch.Tensor:
-        return self.prototype_vectors.flatten(1)
 
     def tree(self) -> Node:
         return tree_from_routes(self.routes)
@@ -237,20 +225,12 @@ class ProtoTree(nn.Module):
         return {"distributed": soft, "sample_max": sample_max, "greedy": greedy}
 
     # -- forward ------------------------------------------------------------------------------
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        feats = self.backbone(images)
-        with torch.autocast(device_type=feats.device.type, enabled=False):
-            return self.add_on(feats.float().contiguous())
-
     def head(self, features: torch.Tensor) -> ProtoOutput:
         with torch.autocast(device_type=features.device.type, enabled=False):
             distances = torch.sqrt(squared_l2_distances(features, self.prototypes) + 1e-10)
             min_distances = distances.flatten(2).amin(dim=2)
             logits = self.logits_from_min_distances(min_distances)
         return ProtoOutput(logits, min_distances, distances, features)
-
-    def forward(self, images: torch.Tensor) -> ProtoOutput:
-        return self.head(self.features(images))
 
     # -- derivative-free leaves ---------------------------------------------------------------
     @torch.no_grad()
