@@ -255,6 +255,7 @@ def forward_one(model: PrototypeNetwork, image: torch.Tensor, rt: Runtime) -> Pr
     return model.head(feats)
 
 
+@torch.no_grad()
 def explain(model: ProtoPNet, image: torch.Tensor, rt: Runtime, *, top_k: int = 5,
             class_index: int | None = None) -> Explanation:
     """Run ``model`` on one uint8 (3, S, S) ``image``; rank prototypes by contribution
