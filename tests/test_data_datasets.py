@@ -26,10 +26,8 @@ from p2p_cli.data.datasets import (
 from p2p_cli.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    GridDistortion,
     denormalize,
     eval_transform,
-    train_transform,
 )
 from p2p_cli.errors import P2PError
 
@@ -424,27 +422,3 @@ def test_eval_transform_normalises_and_denormalize_inverts() -> None:
     assert back.shape == (12, 12, 3) and back.dtype == np.uint8
     assert np.array_equal(back, image.permute(1, 2, 0).numpy())
     assert denormalize(x.unsqueeze(0).repeat(2, 1, 1, 1)).shape == (2, 12, 12, 3)
-
-
-@pytest.mark.parametrize("mode", ["choice", "all"])
-def test_train_transform_is_seeded_and_changes_the_image(mode: str) -> None:
-    image = torch.zeros((3, 32, 32), dtype=torch.uint8)
-    image[:, 8:24, 4:12] = 255
-    tf = train_transform(32, mode=mode, elastic=0.5)
-    torch.manual_seed(0)
-    a = [tf(image) for _ in range(6)]
-    torch.manual_seed(0)
-    b = [tf(image) for _ in range(6)]
-    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
-    assert all(x.shape == (3, 32, 32) and x.dtype == torch.float32 for x in a)
-    plain = eval_transform(32)(image)
-    assert sum(not torch.allclose(x, plain) for x in a) >= 5
-    assert torch.equal(train_transform(32, augment=False)(image), plain)
-
-
-def test_grid_distortion() -> None:
-    image = torch.randint(0, 256, (3, 20, 24), dtype=torch.uint8)
-    assert torch.equal(GridDistortion(magnitude=0.0)(image), image)
-    out = GridDistortion(magnitude=0.05)(image)
-    assert out.shape == image.shape and out.dtype == torch.uint8 and not torch.equal(out, image)
-    assert GridDistortion()(image.float().unsqueeze(0)).shape == (1, 3, 20, 24)

@@ -220,6 +220,31 @@ def test_visualize_writes_figure_html_and_correct_numbers(workdir, tmp_path, cap
         assert im.size[0] > 2 * 2 * figures.CELL_IN * figures.DPI  # two model columns
 
 
+def test_gallery_reuses_the_activation_cache(workdir, tmp_path, capsys, monkeypatch):
+    """The gallery's test-set argmins come from (and go to) evaluate's activation cache."""
+    import p2p_cli.engine.evaluate as ev
+
+    image = _test_images(workdir)[0]
+    args = ["visualize", "--image", str(image), "--workdir", str(workdir), "--prototypes", "--device", "cpu",
+            "--precision", "fp32", "-q"]
+    code, _, err = run_cli([*args, "--out", str(tmp_path / "a"), "--json", str(tmp_path / "a.json")], capsys)
+    assert code == 0, err
+    assert list((workdir / ".cache" / "activations").glob("*-test-*-base.safetensors"))
+
+    def no_forward(*a, **k):
+        raise AssertionError("the cached activations should have been used")
+
+    monkeypatch.setattr(ev, "compute_activations", no_forward)
+    code, _, err = run_cli([*args, "--out", str(tmp_path / "b"), "--json", str(tmp_path / "b.json")], capsys)
+    assert code == 0, err
+    first, second = (json.loads((tmp_path / f"{n}.json").read_text())["gallery"] for n in "ab")
+    assert first == second
+    # and evaluate reads the arrays the gallery stored: no forward pass either
+    code, _, err = run_cli(["evaluate", "--model", "baseline", "--teacher", "teacher", "--workdir", str(workdir),
+                            "--metrics", "acc", "pms", "--device", "cpu", "--precision", "fp32", "-q"], capsys)
+    assert code == 0, err
+
+
 def test_visualize_an_unseen_odd_image_and_a_chosen_class(workdir, tmp_path, capsys):
     source = Image.open(_test_images(workdir)[0]).convert("RGBA").resize((90, 40))
     odd = tmp_path / "odd.png"

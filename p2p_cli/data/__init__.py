@@ -13,7 +13,7 @@ _EXPORTS = {
     "synthetic": ("synthesize", "ensure_synthetic", "default_cache_dir", "PRESETS"),
     "datasets": ("KINDS", "DataError", "DatasetIndex", "ImageDataset", "Sample", "file_sha256",
                  "input_geometry", "load_index", "parts_in_input", "unwrap_worker_error"),
-    "transforms": ("IMAGENET_MEAN", "IMAGENET_STD", "denormalize", "eval_transform", "train_transform"),
+    "transforms": ("IMAGENET_MEAN", "IMAGENET_STD", "denormalize", "eval_transform", "BatchAugment", "normalize"),
     "check": ("CheckRow", "check_dataset"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from p2p_cli.data.datasets import DatasetIndex, ImageDataset, load_index
-from p2p_cli.data.transforms import eval_transform, train_transform
+from p2p_cli.data.transforms import BatchAugment, eval_transform
 from p2p_cli.engine.runtime import Runtime
 from p2p_cli.io.config import TrainConfig
 
@@ -29,7 +29,8 @@ def synthetic_kwargs(cfg: TrainConfig) -> dict:
 @dataclass
 class DataBundle:
     index: DatasetIndex
-    train: ImageDataset  # augmented, repeated
+    train: ImageDataset  # uint8 images, repeated; the trainer augments each batch with `augment`
+    augment: BatchAugment
     push: ImageDataset  # un-augmented training images, in index order
     test: ImageDataset
 
@@ -39,14 +40,15 @@ class DataBundle:
 
 
 def build_datasets(cfg: TrainConfig, index: DatasetIndex | None = None) -> DataBundle:
-    """Train (augmented), push and test datasets. With ``cache_images`` the decoded images are
-    loaded once, in the main process, and the train and push datasets share one cache."""
+    """Train (uint8, augmented per batch by ``bundle.augment``), push and test datasets. With
+    ``cache_images`` the decoded images are loaded once, in the main process, and the train and
+    push datasets share one cache."""
     index = index or load_dataset_index(cfg)
     common = dict(image_size=cfg.image_size, crop_bbox=cfg.crop_bbox, cache=cfg.cache_images)
     bundle = DataBundle(
         index=index,
-        train=ImageDataset(index.train, train_transform(cfg.image_size, augment=cfg.augment, jpeg=cfg.augment_jpeg),
-                           repeats=cfg.repeats, **common),
+        train=ImageDataset(index.train, None, repeats=cfg.repeats, **common),
+        augment=BatchAugment(cfg.augment, jpeg=cfg.augment_jpeg),
         push=ImageDataset(index.train, eval_transform(cfg.image_size), **common),
         test=ImageDataset(index.test, eval_transform(cfg.image_size), **common),
     )

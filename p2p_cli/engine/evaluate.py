@@ -399,12 +399,12 @@ def compute_activations(jobs: Sequence[_Job], batches: Iterable[Batch], rt: Runt
             if batch is None:
                 break
             images, labels, indices = batch
-            x = images.to(rt.device, non_blocking=True)
-            if x.dtype == torch.uint8:  # normalise per batch, not per image: a few large ops, not many tiny ones
-                x = normalize(x)
-            noisy_x = (x + _noise(indices, tuple(x.shape[1:]), noise_seed).to(rt.device)).contiguous(
-                memory_format=layout) if want_noise else None
-            x = x.contiguous(memory_format=layout)
+            noise = _noise(indices, tuple(images.shape[1:]), noise_seed).to(rt.device) if want_noise else None
+        x = images.to(rt.device, non_blocking=True)
+        if x.dtype == torch.uint8:  # normalise per batch, not per image: a few large ops (all threads)
+            x = normalize(x)
+        noisy_x = (x + noise).contiguous(memory_format=layout) if noise is not None else None
+        x = x.contiguous(memory_format=layout)
         idx = indices.numpy()
         for job in jobs:
             if job.base or job.clean:
@@ -426,6 +426,47 @@ def compute_activations(jobs: Sequence[_Job], batches: Iterable[Batch], rt: Runt
                 del out
         if progress is not None:
             progress(len(idx))
+
+
+def base_activations(models: Sequence[tuple[ProtoPNet, int, bool]], index: DatasetIndex, split: str, workdir: Path,
+                     rt: Runtime, *, batch_size: int, threads: int = 1, use_cache: bool = True,
+                     reporter: Reporter | None = None) -> list[Activations]:
+    """Each model's base arrays (argmin, min distance, logits, labels) on ``split``, in order.
+
+    ``models`` are ``(model, image_size, crop_bbox)``. Arrays that ``p2p evaluate`` (or an
+    earlier call) stored in ``<workdir>/.cache/activations/`` are read back; the others come
+    from one streaming pass per input geometry and are stored for the next caller.
+    """
+    samples = index.split(split)  # type: ignore[arg-type]
+    if not samples:
+        raise P2PError(f"the {split} split of {index.name} ({index.root}) has no images")
+    fingerprint = files_fingerprint(samples)
+    cache = ActivationCache(Path(workdir) / ".cache" / "activations", enabled=use_cache)
+    out: list[Activations | None] = []
+    todo: dict[tuple[int, bool], list[tuple[int, _Job, dict[str, Any], str]]] = {}
+    for i, (model, size, crop) in enumerate(models):
+        weights = weights_hash(model.state_dict())
+        key = activation_key(weights=weights, index=index, split=split, fingerprint=fingerprint,
+                             image_size=size, crop_bbox=crop, rt=rt)
+        hit = cache.load(key, "base")
+        out.append(_activations_from(*hit) if hit is not None else None)
+        if hit is None:
+            model.to(rt.device).eval()
+            if rt.channels_last:
+                model.backbone.to(memory_format=torch.channels_last)
+            todo.setdefault((size, crop), []).append((i, _Job(model, len(samples), True, False, False), key, weights))
+    rep = reporter or Reporter(enabled=False)
+    for (size, crop), members in todo.items():
+        with rep.task(f"{split}-set activations ({size} px)", total=len(samples)) as advance:
+            compute_activations([job for _, job, _, _ in members], image_batches(samples, size, crop, batch_size,
+                                                                               threads=threads),
+                                rt, n_images=len(samples), image_size=size, progress=advance)
+        for i, job, key, weights in members:
+            act = Activations(job.argmin, job.min_dist, job.labels, job.logits, job.grid, size)  # type: ignore[arg-type]
+            cache.save(key, "base", act.tensors(), activations_metadata(
+                act, name=f"model-{i}", weights=weights, index=index, split=split, class_names=index.classes))
+            out[i] = act
+    return [a for a in out if a is not None]
 
 
 def _concat_parts(chunks: list[list[np.ndarray]]) -> PartArgmax:

@@ -464,26 +464,6 @@ def sample_region(sample: Sample | None, image: Image.Image, crop_bbox: bool) ->
 # ----------------------------------------------------------------------------- matched gallery
 
 
-@torch.no_grad()
-def test_argmins(bundle: ModelBundle, loader, rt: Runtime, progress=None) -> tuple[np.ndarray, tuple[int, int]]:
-    """Flat argmin location of every prototype on every image of ``loader``: int64 (N, m), and
-    the feature grid (H, W)."""
-    model = bundle.model.eval()
-    rows = []
-    grid = (0, 0)
-    for images, _, _ in loader:
-        with rt.autocast():
-            feats = model.features(rt.images(images))
-        dist = model.head(feats).distances
-        grid = (int(dist.shape[-2]), int(dist.shape[-1]))
-        rows.append(dist.flatten(2).argmin(dim=2).cpu())
-        if progress is not None:
-            progress(len(images))
-    if not rows:
-        raise P2PError("the test set is empty")
-    return torch.cat(rows).numpy().astype(np.int64), grid
-
-
 @dataclass
 class Matching:
     """Hungarian matching of a student's prototypes to the teacher's on PMS co-occurrence."""

@@ -146,7 +146,9 @@ class Trainer:
                 g["lr"] = g["initial_lr"] * factor
         model.train()
         self.extra.train()
-        loader = train_loader(self.data.train, cfg, rt, epoch_seed=cfg.seed * 100_003 + index)
+        epoch_seed = cfg.seed * 100_003 + index
+        loader = train_loader(self.data.train, cfg, rt, epoch_seed=epoch_seed)
+        augment_rng = torch.Generator().manual_seed(epoch_seed + (rt.rank + 1) * 7_919)  # a stream per rank
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(step.epoch)
         trainable = [p for g in opt.param_groups for p in g["params"]] if opt else []
@@ -157,7 +159,8 @@ class Trainer:
             for batch, (images, labels, _) in enumerate(loader):
                 if batch == kill_at:  # fault injection for the resume tests: die like `kill -9`
                     os.kill(os.getpid(), signal.SIGKILL)
-                images, labels = rt.images(images), labels.to(rt.device)
+                images = rt.images(self.data.augment(images.to(rt.device, non_blocking=True), augment_rng))
+                labels = labels.to(rt.device)
                 if cfg.adversarial == "fgsm":  # robustness remedy: train on FGSM examples (see below)
                     images = self._adversarial(images, labels)
                 with rt.autocast():

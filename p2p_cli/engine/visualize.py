@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from p2p_cli.data.datasets import DatasetIndex, ImageDataset, Sample
-from p2p_cli.data.transforms import eval_transform
-from p2p_cli.engine.data import eval_loader, load_dataset_index
+from p2p_cli.data.datasets import DatasetIndex, Sample
+from p2p_cli.engine.data import load_dataset_index
+from p2p_cli.engine.evaluate import base_activations
 from p2p_cli.engine.explain import (
     Explanation,
     Matching,
@@ -34,7 +34,6 @@ from p2p_cli.engine.explain import (
     part_boxes,
     read_image,
     sample_region,
-    test_argmins,
     tree_path,
 )
 from p2p_cli.engine.report import Reporter
@@ -410,16 +409,10 @@ def _gallery(req: VisualizeRequest, bundles: list[ModelBundle], scenes: list[_Sc
         c = scenes[0].explanation.explained
     else:  # ProtoTree runs only: no top-k explanation chose a class
         raise P2PError("--prototypes with ProtoTree runs needs --class NAME (the class whose prototypes to show)")
-    argmins: list[np.ndarray] = []
-    grids = []
-    for b in bundles:
-        ds = ImageDataset(index.test, eval_transform(b.image_size), image_size=b.image_size,
-                          crop_bbox=bool(b.cfg.crop_bbox))
-        loader = eval_loader(ds, int(b.cfg.test_batch_size), 0, None)
-        with reporter.task(f"test-set argmins {b.name}", len(ds)) as advance:
-            found, grid = test_argmins(b, loader, rt, progress=advance)
-        argmins.append(found)
-        grids.append(grid)
+    acts = base_activations([(b.model, b.image_size, bool(b.cfg.crop_bbox)) for b in bundles], index, "test",
+                            req.workdir, rt, batch_size=int(teacher.cfg.test_batch_size), reporter=reporter)
+    argmins = [a.argmin.astype(np.int64) for a in acts]
+    grids = [tuple(a.grid) for a in acts]
     if len(set(grids)) != 1:
         shown = ", ".join(f"{b.name} {g[0]}×{g[1]}" for b, g in zip(bundles, grids, strict=True))
         raise P2PError(f"--prototypes: the models' feature grids differ ({shown}); PMS needs the same grid")
