@@ -3,8 +3,9 @@
 SPEC §11 target: ≤ 1.2×. Two runs are written into a temporary workdir — a ResNet-34 teacher and
 a ResNet-18 student (random weights: the cost does not depend on them), both at the quickstart
 settings (synthetic test split: 10 classes × 40 images at 112 px, feature stride 16 → 7×7 grid,
-D = 64, 10 prototypes per class, bf16 autocast, channels_last). Then, interleaved ``--reps``
-times in one process:
+D = 64, 10 prototypes per class, bf16 autocast, channels_last), or with ``--image-size 224`` at
+the paper's resolution (images generated at 224 px, feature stride 32 → 7×7 grid). Then,
+interleaved ``--reps`` times in one process:
 
 * **bare**: both models' forward passes (``model(images)`` under ``torch.inference_mode``) over
   the test images already decoded in memory, in batches of ``test_batch_size``;
@@ -18,7 +19,7 @@ so both see the same machine load; the headline is the median of the pair ratios
 bare``, followed by the ratios of the fastest runs and of the medians. Timings on a shared
 machine are noisy; compare ratios measured within one run.
 
-    python benchmarks/bench_evaluate.py [--reps 5] [--classes 10] [--test-per-class 40]
+    python benchmarks/bench_evaluate.py [--reps 5] [--classes 10] [--test-per-class 40] [--image-size 112|224]
 """
 
 from __future__ import annotations
@@ -48,10 +49,12 @@ from p2p_cli.models.factory import save_model  # noqa: E402
 from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig  # noqa: E402
 
 
-def make_runs(workdir: Path, classes: int, test_per_class: int) -> None:
+def make_runs(workdir: Path, classes: int, test_per_class: int, image_size: int) -> None:
     """Teacher (resnet34) and student (resnet18) runs with random weights, quickstart settings."""
+    stride = 16 if image_size < 224 else 32  # a 7×7 grid either way
     common = dict(dataset="synthetic", synthetic_classes=classes, synthetic_test_per_class=test_per_class,
-                  image_size=112, feature_stride=16, prototype_depth=64, prototypes_per_class=10,
+                  synthetic_image_size=image_size, image_size=image_size, feature_stride=stride,
+                  prototype_depth=64, prototypes_per_class=10,
                   test_batch_size=100, workers=0, precision="bf16", channels_last=True)
     teacher_info = None
     for name, backbone in (("teacher", "resnet34"), ("student", "resnet18")):
@@ -59,7 +62,7 @@ def make_runs(workdir: Path, classes: int, test_per_class: int) -> None:
         index = load_dataset_index(cfg)
         torch.manual_seed(len(name))
         model = ProtoPNet(ProtoPNetConfig(backbone, index.num_classes, prototypes_per_class=10, prototype_depth=64,
-                                          feature_stride=16))
+                                          feature_stride=stride))
         run = RunDir(workdir / name)
         run.path.mkdir(parents=True)
         extra = {} if teacher_info is None else {"teacher_run": teacher_info}
@@ -75,7 +78,6 @@ def bare_fn(workdir: Path):
     """A closure timing both models' forward passes over the in-memory test images."""
     from p2p_cli.models.factory import load_model
 
-    cfg = build_config(None, {"dataset": "synthetic"})
     models = []
     for name in ("teacher", "student"):
         model, _ = load_model(workdir / name / "model.safetensors")
@@ -84,9 +86,11 @@ def bare_fn(workdir: Path):
     import yaml
 
     run_cfg = yaml.safe_load((workdir / "teacher" / "config.yaml").read_text())
-    cfg = build_config({k: run_cfg[k] for k in ("dataset", "synthetic_classes", "synthetic_test_per_class")})
+    keys = ("dataset", "synthetic_classes", "synthetic_test_per_class", "synthetic_image_size", "image_size")
+    cfg = build_config({k: run_cfg[k] for k in keys})
+    size = cfg.image_size
     index = load_dataset_index(cfg)
-    ds = ImageDataset(index.test, eval_transform(112), image_size=112)
+    ds = ImageDataset(index.test, eval_transform(size), image_size=size)
     images = torch.stack([ds[i][0] for i in range(len(ds))])
     batches = [images[i:i + 100].contiguous(memory_format=torch.channels_last) for i in range(0, len(images), 100)]
     rt = make_runtime("cpu", "bf16", True)
@@ -106,10 +110,11 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--test-per-class", type=int, default=40)
+    ap.add_argument("--image-size", type=int, default=112, help="112 (the CPU demo) or 224 (the paper)")
     args = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="p2p-bench-eval-"))
     try:
-        make_runs(workdir, args.classes, args.test_per_class)
+        make_runs(workdir, args.classes, args.test_per_class, args.image_size)
         bare, n_images = bare_fn(workdir)
         opts = dict(metrics=("acc", "aap", "ajs", "pms"), device="cpu")
         bare()  # warm-up: first-call allocations, oneDNN kernels
@@ -143,7 +148,9 @@ def main() -> None:
         assert report is not None and list(report["models"]) == ["teacher", "student"]
         pairs = [e / b for e, b in zip(t_eval, t_bare, strict=True)]
         b, e, c = (statistics.median(t) for t in (t_bare, t_eval, t_cached))
-        print(f"images: {n_images} (112 px, 7x7 grid), models: resnet34 teacher + resnet18 student, "
+        grid = report["grid"]
+        print(f"images: {n_images} ({args.image_size} px, {grid[0]}x{grid[1]} grid), "
+              "models: resnet34 teacher + resnet18 student, "
               f"m = {report['models']['teacher']['num_prototypes']}, taus: {len(report['taus'])}, threads: "
               f"{torch.get_num_threads()}")
         print(f"bare forward passes (2 models): {b:.3f} s  (runs: {', '.join(f'{t:.2f}' for t in t_bare)})")

@@ -43,6 +43,11 @@ from p2p_cli.errors import P2PError, did_you_mean
 
 GENERATOR_VERSION = 1
 """Bump whenever the output for the same parameters changes: it is part of the cache key."""
+
+PNG_COMPRESS_LEVEL = 0
+"""Stored PNGs are uncompressed: the noisy images barely compress (level 1: −27 % size) and
+decode 3.5× faster uncompressed (0.2 ms vs 0.7 ms at 112 px, the cost of every evaluation and
+push pass). Part of the cache key (same pixels, different files)."""
 COMPLETE_MARKER = ".p2p-complete"
 """Written last inside a finished dataset directory; a directory without it is never trusted."""
 
@@ -315,7 +320,8 @@ def normalize_params(**params: Any) -> dict[str, Any]:
 
 def params_key(params: dict[str, Any]) -> str:
     """Short stable hash of normalised parameters (and the generator version)."""
-    blob = json.dumps({**params, "generator_version": GENERATOR_VERSION}, sort_keys=True)
+    blob = json.dumps({**params, "generator_version": GENERATOR_VERSION, "png_compress_level": PNG_COMPRESS_LEVEL},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -341,7 +347,7 @@ def _write_tree(root: Path, params: dict[str, Any]) -> None:
     def make(job: tuple[int, int, str]) -> tuple[tuple[float, ...], tuple[tuple[float, float, bool], ...]]:
         c, k, rel = job
         rendered = render(codes[c], alphabets, size, preset, _image_rng(seed, c, k))
-        Image.fromarray(rendered.pixels).save(root / "images" / rel, compress_level=1)
+        Image.fromarray(rendered.pixels).save(root / "images" / rel, compress_level=PNG_COMPRESS_LEVEL)
         return rendered.bbox, rendered.parts
 
     # PNG encoding and drawing release the GIL: two threads nearly halve the wall time.
