@@ -20,7 +20,7 @@ SYNTHETIC_FAST: dict[str, Any] = {
     "feature_stride": 16,
     "prototype_depth": 64,
     "prototypes_per_class": 10,
-    "epochs": 12,
+    "epochs": 10,
     "warm_epochs": 1,
     "warm_train_backbone": True,
     "push_start": None,
