@@ -428,12 +428,13 @@ def compute_activations(jobs: Sequence[_Job], batches: Iterable[Batch], rt: Runt
             progress(len(idx))
 
 
-def base_activations(models: Sequence[tuple[ProtoPNet, int, bool]], index: DatasetIndex, split: str, workdir: Path,
+def base_activations(models: Sequence[tuple[str, ProtoPNet, int, bool]], index: DatasetIndex, split: str,
+                     workdir: Path,
                      rt: Runtime, *, batch_size: int, threads: int = 1, use_cache: bool = True,
                      reporter: Reporter | None = None) -> list[Activations]:
     """Each model's base arrays (argmin, min distance, logits, labels) on ``split``, in order.
 
-    ``models`` are ``(model, image_size, crop_bbox)``. Arrays that ``p2p evaluate`` (or an
+    ``models`` are ``(name, model, image_size, crop_bbox)``. Arrays that ``p2p evaluate`` (or an
     earlier call) stored in ``<workdir>/.cache/activations/`` are read back; the others come
     from one streaming pass per input geometry and are stored for the next caller.
     """
@@ -444,7 +445,7 @@ def base_activations(models: Sequence[tuple[ProtoPNet, int, bool]], index: Datas
     cache = ActivationCache(Path(workdir) / ".cache" / "activations", enabled=use_cache)
     out: list[Activations | None] = []
     todo: dict[tuple[int, bool], list[tuple[int, _Job, dict[str, Any], str]]] = {}
-    for i, (model, size, crop) in enumerate(models):
+    for i, (_, model, size, crop) in enumerate(models):
         weights = weights_hash(model.state_dict())
         key = activation_key(weights=weights, index=index, split=split, fingerprint=fingerprint,
                              image_size=size, crop_bbox=crop, rt=rt)
@@ -464,7 +465,7 @@ def base_activations(models: Sequence[tuple[ProtoPNet, int, bool]], index: Datas
         for i, job, key, weights in members:
             act = Activations(job.argmin, job.min_dist, job.labels, job.logits, job.grid, size)  # type: ignore[arg-type]
             cache.save(key, "base", act.tensors(), activations_metadata(
-                act, name=f"model-{i}", weights=weights, index=index, split=split, class_names=index.classes))
+                act, name=models[i][0], weights=weights, index=index, split=split, class_names=index.classes))
             out[i] = act
     return [a for a in out if a is not None]
 

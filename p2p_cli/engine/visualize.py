@@ -409,7 +409,7 @@ def _gallery(req: VisualizeRequest, bundles: list[ModelBundle], scenes: list[_Sc
         c = scenes[0].explanation.explained
     else:  # ProtoTree runs only: no top-k explanation chose a class
         raise P2PError("--prototypes with ProtoTree runs needs --class NAME (the class whose prototypes to show)")
-    acts = base_activations([(b.model, b.image_size, bool(b.cfg.crop_bbox)) for b in bundles], index, "test",
+    acts = base_activations([(b.name, b.model, b.image_size, bool(b.cfg.crop_bbox)) for b in bundles], index, "test",
                             req.workdir, rt, batch_size=int(teacher.cfg.test_batch_size), reporter=reporter)
     argmins = [a.argmin.astype(np.int64) for a in acts]
     grids = [tuple(a.grid) for a in acts]
