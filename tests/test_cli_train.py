@@ -58,22 +58,28 @@ def _subprocess(args: list[str], env_extra: dict[str, str] | None = None) -> sub
                           timeout=300)
 
 
-@pytest.mark.slow
-def test_sigkill_mid_joint_then_resume_equals_uninterrupted(tmp_path, tiny_config):
-    common = ["train-teacher", "--config", str(tiny_config), "--workdir", str(tmp_path), "--device", "cpu", "-q"]
-    full = _subprocess([*common, "--name", "full"])
-    assert full.returncode == 0, full.stderr
-    # steps: 0 warm, 1 joint, 2 joint, 3 push, 4 last layer -> die in the 2nd batch of step 2 (joint)
-    killed = _subprocess([*common, "--name", "cut"], {"P2P_TEST_KILL_AT": "2:1"})
+def assert_kill_and_resume_equals_uninterrupted(common: list[str], workdir: Path, full: str, cut: str) -> None:
+    """Run ``common`` to the end as ``full``; run it as ``cut`` killed (SIGKILL) in the 2nd batch of
+    step 2 (steps: 0 warm, 1 joint, 2 joint, 3 push, 4 last layer), then ``--resume`` it: the two
+    final models must be bit-identical."""
+    done = _subprocess([*common, "--name", full])
+    assert done.returncode == 0, done.stderr
+    killed = _subprocess([*common, "--name", cut], {"P2P_TEST_KILL_AT": "2:1"})
     assert killed.returncode == -9
-    assert not (tmp_path / "cut" / "model.safetensors").exists()
-    resumed = _subprocess([*common, "--name", "cut", "--resume"])
+    assert not (workdir / cut / "model.safetensors").exists()
+    resumed = _subprocess([*common, "--name", cut, "--resume"])
     assert resumed.returncode == 0, resumed.stderr
-    a, _ = load_tensors(tmp_path / "full" / "model.safetensors")
-    b, _ = load_tensors(tmp_path / "cut" / "model.safetensors")
+    a, _ = load_tensors(workdir / full / "model.safetensors")
+    b, _ = load_tensors(workdir / cut / "model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.slow
+def test_sigkill_mid_joint_then_resume_equals_uninterrupted(tmp_path, tiny_config):
+    common = ["train-teacher", "--config", str(tiny_config), "--workdir", str(tmp_path), "--device", "cpu", "-q"]
+    assert_kill_and_resume_equals_uninterrupted(common, tmp_path, "full", "cut")
     assert (tmp_path / "full" / "metrics.jsonl").read_text().count("\n") == \
         (tmp_path / "cut" / "metrics.jsonl").read_text().count("\n")
 

@@ -102,20 +102,8 @@ def test_errors_before_training(workdir, capsys, flags, message):
 @pytest.mark.slow
 def test_sigkill_mid_distillation_then_resume_equals_uninterrupted(workdir):
     """Distillation resumes like train-teacher: killed in a joint epoch, --resume ends bit-identical."""
-    from tests.test_cli_train import _subprocess
+    from tests.test_cli_train import assert_kill_and_resume_equals_uninterrupted
 
     common = ["distill", "--config", str(workdir / "tiny.yaml"), "--teacher", "t", "--student", "resnet18",
               "--workdir", str(workdir), "--device", "cpu", "-q"]
-    full = _subprocess([*common, "--name", "rs-full"])
-    assert full.returncode == 0, full.stderr
-    # steps: 0 warm, 1 joint, 2 joint, 3 push, 4 last layer -> die in the 2nd batch of step 2 (joint)
-    killed = _subprocess([*common, "--name", "rs-cut"], {"P2P_TEST_KILL_AT": "2:1"})
-    assert killed.returncode == -9
-    assert not (workdir / "rs-cut" / "model.safetensors").exists()
-    resumed = _subprocess([*common, "--name", "rs-cut", "--resume"])
-    assert resumed.returncode == 0, resumed.stderr
-    a, _ = load_tensors(workdir / "rs-full" / "model.safetensors")
-    b, _ = load_tensors(workdir / "rs-cut" / "model.safetensors")
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    assert_kill_and_resume_equals_uninterrupted(common, workdir, "rs-full", "rs-cut")
