@@ -3,9 +3,10 @@
 SPEC §11 target: ≤ 1.2×. Two runs are written into a temporary workdir — a ResNet-34 teacher and
 a ResNet-18 student (random weights: the cost does not depend on them), both at the quickstart
 settings (synthetic test split: 10 classes × 40 images at 112 px, feature stride 16 → 7×7 grid,
-D = 64, 10 prototypes per class, bf16 autocast, channels_last), or with ``--image-size 224`` at
-the paper's resolution (images generated at 224 px, feature stride 32 → 7×7 grid). Then,
-interleaved ``--reps`` times in one process:
+D = 64, 10 prototypes per class, precision ``auto`` — bf16 autocast where the CPU has it natively,
+else fp32 — and channels_last), or with ``--image-size 224`` at the paper's resolution (images
+generated at 224 px, feature stride 32 → 7×7 grid). Then, interleaved ``--reps`` times in one
+process:
 
 * **bare**: both models' forward passes (``model(images)`` under ``torch.inference_mode``) over
   the test images already decoded in memory, in batches of ``test_batch_size``;
@@ -55,7 +56,7 @@ def make_runs(workdir: Path, classes: int, test_per_class: int, image_size: int)
     common = dict(dataset="synthetic", synthetic_classes=classes, synthetic_test_per_class=test_per_class,
                   synthetic_image_size=image_size, image_size=image_size, feature_stride=stride,
                   prototype_depth=64, prototypes_per_class=10,
-                  test_batch_size=100, workers=0, precision="bf16", channels_last=True)
+                  test_batch_size=100, workers=0, precision="auto", channels_last=True)
     teacher_info = None
     for name, backbone in (("teacher", "resnet34"), ("student", "resnet18")):
         cfg = build_config(None, dict(common, backbone=backbone))
@@ -93,7 +94,7 @@ def bare_fn(workdir: Path):
     ds = ImageDataset(index.test, eval_transform(size), image_size=size)
     images = torch.stack([ds[i][0] for i in range(len(ds))])
     batches = [images[i:i + 100].contiguous(memory_format=torch.channels_last) for i in range(0, len(images), 100)]
-    rt = make_runtime("cpu", "bf16", True)
+    rt = make_runtime("cpu", "auto", True)
 
     def run() -> None:
         with torch.inference_mode():

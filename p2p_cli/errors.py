@@ -15,6 +15,11 @@ class P2PError(Exception):
     """An error caused by the user's input (files, flags, configs), not by a bug."""
 
 
+class P2PWarning(UserWarning):
+    """Something the user should know that does not stop the command (the CLI prints it as one
+    ``warning: …`` line on stderr)."""
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""``."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)

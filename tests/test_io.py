@@ -64,6 +64,23 @@ def test_tensors_and_metadata_round_trip(tmp_path):
     assert weights_hash({"a": tensors["a"] + 1, "b": tensors["b"]}) != weights_hash(tensors)
 
 
+def test_weights_hash_golden_value():
+    # The hash is stored in students' runs and in cache keys: its definition must not drift.
+    # sha256 over, per tensor in name order: name, dtype, shape, then the raw little-endian bytes.
+    import hashlib
+
+    tensors = {"w": torch.tensor([1, 2], dtype=torch.int32), "e": torch.zeros(0),
+               "b": torch.tensor([1.0], dtype=torch.bfloat16)}
+    ref = hashlib.sha256()
+    for part in (b"b", b"torch.bfloat16", b"(1,)", b"\x80\x3f", b"e", b"torch.float32", b"(0,)",
+                 b"w", b"torch.int32", b"(2,)", b"\x01\x00\x00\x00\x02\x00\x00\x00"):
+        ref.update(part)
+    assert weights_hash(tensors) == ref.hexdigest()[:16]
+    # a non-contiguous view hashes as its values
+    t = torch.arange(6, dtype=torch.int32).view(2, 3)
+    assert weights_hash({"x": t.t()}) == weights_hash({"x": t.t().contiguous()})
+
+
 def test_pickles_and_truncated_files_are_refused(tmp_path):
     pkl = tmp_path / "model.safetensors"
     pkl.write_bytes(pickle.dumps({"a": 1}))

@@ -113,6 +113,17 @@ def test_save_and_load_round_trip(tmp_path):
         assert torch.equal(back(x).logits, model(x).logits)
 
 
+def test_meta_skeleton_skips_only_meta_initialisers():
+    from p2p_cli.models.factory import _NoMetaInit
+
+    with torch.device("meta"), _NoMetaInit():
+        w = torch.empty(3, 4)
+        assert w.normal_() is w and w.is_meta
+    with _NoMetaInit():  # real tensors are still initialised
+        real = torch.zeros(1000).normal_()
+        assert real.std() > 0.5
+
+
 def test_weights_files(tmp_path):
     from safetensors.torch import save_file
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import typer
 
 from p2p_cli import __version__
-from p2p_cli.errors import P2PError
+from p2p_cli.errors import P2PError, P2PWarning
 
 app = typer.Typer(
     name="p2p",
@@ -65,8 +66,20 @@ def user_message(exc: BaseException) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Our own warnings as one line on stderr; everyone else's as Python prints them."""
+    if issubclass(category, P2PWarning):
+        typer.echo(f"warning: {message}", err=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.showwarning = _show_warning
     try:
         app()
     except P2PError as exc:

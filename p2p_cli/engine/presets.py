@@ -32,7 +32,7 @@ SYNTHETIC_FAST: dict[str, Any] = {
     "lr_prototypes": 3.0e-3,
     "lr_last_layer": 1.0e-3,
     "lr_step_start": None,
-    "precision": "bf16",
+    "precision": "auto",
     "channels_last": True,
     "lambda_global": 10,
     "lambda_ppc": 10,

@@ -5,13 +5,15 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from p2p_cli.errors import P2PError
+from p2p_cli.errors import P2PError, P2PWarning
+from p2p_cli.hardware import cpu_has_native_bf16
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """``auto`` → bf16 where supported (CPU with AMX/AVX512-bf16 runs it 2-3× faster), else fp32."""
+    """The backbone's autocast dtype (None = fp32) for ``auto|bf16|fp16|fp32``.
+
+    ``auto`` → bf16 on a CUDA GPU that supports it (else fp16), bf16 on a CPU with native bf16
+    (:func:`~p2p_cli.hardware.cpu_has_native_bf16`, 2-3× faster than fp32 there), fp32 on every other CPU and on
+    MPS. An explicit ``bf16`` is honoured everywhere, with a warning on a CPU that can only
+    emulate it.
+    """
     if precision == "fp32":
         return None
     if precision == "fp16":
@@ -69,10 +77,15 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
             raise P2PError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
         return torch.float16
     if precision == "bf16":
+        if device.type == "cpu" and not cpu_has_native_bf16():
+            warnings.warn("precision bf16 on a CPU without AMX or AVX512-BF16 is emulated and runs about 10× "
+                          "slower than fp32; --precision auto picks fp32 here", P2PWarning, stacklevel=2)
         return torch.bfloat16
+    if precision != "auto":
+        raise P2PError(f"unknown precision '{precision}' (auto, bf16, fp16 or fp32)")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu":
+    if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return None
 

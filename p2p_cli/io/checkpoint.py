@@ -86,7 +86,8 @@ def weights_hash(tensors: dict[str, torch.Tensor]) -> str:
         h.update(key.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())  # the tensor's own bytes, no copy
     return h.hexdigest()[:16]
 
 

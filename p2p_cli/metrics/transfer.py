@@ -52,8 +52,9 @@ Backend = Literal["auto", "int8", "bf16", "fp32"]
 # integer in [0, 256], and all such integers are exactly representable in bfloat16 (8
 # significant bits), whatever order or precision the GEMM accumulates in.
 _BF16_EXACT_IMAGES = 256
-# Target inner dimension (rows of the one-hot operands) per GEMM call: bounds memory to about
-# ``_TARGET_K · (mT + mS)`` bytes (int8) per chunk, e.g. 32 MB for m = 1960.
+# Target size of one GEMM call's one-hot operands in bytes per prototype column: the inner
+# dimension (operand rows) is ``_TARGET_K / itemsize`` (8192 in int8, 2048 in fp32), which bounds
+# the operands to about ``_TARGET_K · (mT + mS)`` bytes per chunk, e.g. 32 MB for m = 1960.
 _TARGET_K = 8192
 # Elements per block when an O(N·m) temporary is needed (bounded extra memory).
 _ROWS_ELEMS = 1 << 21
@@ -285,7 +286,8 @@ def _cooccurrence_gemm(code_t: np.ndarray, code_s: np.ndarray, n_shared: int, ba
     acc = torch.zeros((m_t, m_s), dtype=torch.int32)
     if n_shared == 0:
         return acc.numpy()
-    per_chunk = min(n_img, max(1, _TARGET_K // n_shared))
+    itemsize = {"int8": 1, "bf16": 2}.get(backend, 4)
+    per_chunk = min(n_img, max(1, _TARGET_K // (itemsize * n_shared)))
     if backend == "bf16":
         per_chunk = min(per_chunk, _BF16_EXACT_IMAGES)
     ct_all = torch.from_numpy(np.ascontiguousarray(code_t))
@@ -363,6 +365,11 @@ def _check_cooccurrence(counts: np.ndarray, argmin_t: np.ndarray, argmin_s: np.n
 
 
 def _int8_available() -> bool:
+    """Whether ``torch._int_mm`` is both fast here (AMX-INT8 / AVX512-VNNI) and correct."""
+    from p2p_cli.hardware import cpu_has_fast_int8
+
+    if not cpu_has_fast_int8():  # elsewhere it runs ~100× slower than an fp32 GEMM (p2p_cli.hardware)
+        return False
     try:
         import torch
 
@@ -384,7 +391,8 @@ def cooccurrence(argmin_t: object, argmin_s: object, num_locations: int, backend
         ``"int8"`` int8 one-hot GEMM with int32 accumulation (``torch._int_mm``; AMX/VNNI);
         ``"bf16"`` bf16 one-hot GEMM over chunks of ≤ 256 images;
         ``"fp32"`` fp32 one-hot GEMM (exact while chunk counts < 2^24);
-        ``"auto"`` int8 when this torch build runs it, else fp32.
+        ``"auto"`` int8 on a CPU with AMX-INT8 or AVX512-VNNI where this torch build runs it,
+        else fp32 (elsewhere ``_int_mm`` is emulated: ~100× slower than fp32, measured).
 
     Args:
         argmin_t: ``(N, mT)`` int; argmin_s: ``(N, mS)`` int; num_locations: ``H·W``.

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 import p2p_cli
 from p2p_cli.errors import P2PError
@@ -45,11 +46,24 @@ def build_from_metadata(meta: dict[str, Any], tensors: dict[str, torch.Tensor] |
     return cls(config, **cls.structure_from(tensors))
 
 
+class _NoMetaInit(TorchFunctionMode):
+    """Skip the in-place initialisers (``normal_``, ``uniform_``, ``fill_``, ``zero_``) on meta
+    tensors: they have no values to set, yet on the meta device ``normal_`` runs through Python
+    reference decompositions (~1 ms per conv; half the time of building a ResNet-34 skeleton)."""
+
+    _SKIPPED = frozenset({torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.fill_, torch.Tensor.zero_})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        if func in self._SKIPPED and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
 def _skeleton(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ProtoPNet | None:
     """The architecture built on the ``meta`` device (no memory, no weight init — seconds saved
     for VGG), or None if this architecture cannot be built there."""
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _NoMetaInit():
             return build_from_metadata(meta, tensors)
     except P2PError:
         raise
