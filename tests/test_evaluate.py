@@ -419,6 +419,21 @@ def test_teacher_against_itself_gives_ajs_and_pms_of_one(work, capsys):
 
 
 @pytest.mark.slow
+def test_json_is_written_before_the_table_so_a_closed_pipe_loses_nothing(work, capsys, monkeypatch):
+    import p2p_cli.cli.evaluate as evaluate_cli
+
+    def closed_stdout(report):  # what printing into `| head` ends in once head has exited
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(evaluate_cli, "print_report", closed_stdout)
+    out_json = work / "piped.json"
+    code, _, err = run_cli(["evaluate", "--workdir", str(work), "--device", "cpu", "--model", "t", "--teacher", "t",
+                            "--json", str(out_json), "-q"], capsys)
+    assert code == 1 and "Traceback" not in err  # click ends a command whose stdout is gone with exit 1
+    assert json.loads(out_json.read_text())["models"]["t"]["pms"] == 1.0
+
+
+@pytest.mark.slow
 def test_cache_reuse_and_a_pruned_student(work, capsys):
     code, _, err, first = _evaluate(work, capsys, "--model", "s", "b", "--no-cache")
     assert code == 0, err

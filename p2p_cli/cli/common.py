@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import json
 import math
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,6 +15,7 @@ import typer
 from typer.core import TyperCommand
 
 from p2p_cli.engine.report import Reporter
+from p2p_cli.io.atomic import atomic_write_text
 from p2p_cli.io.config import KEYS, TrainConfig, build_config, read_config_file
 
 # The flag panels shown by --help, keyed by the first config key of each group.
@@ -155,6 +157,16 @@ def variadic_command(*flags: str) -> type[TyperCommand]:
             return super().parse_args(ctx, expand_variadic(list(args), flags))
 
     return VariadicCommand
+
+
+def write_json_report(path: Path | None, report: dict[str, Any], quiet: bool) -> None:
+    """Write ``report`` to ``--json PATH`` (atomically) — before the tables are printed, so the file
+    exists even when stdout is a pipe that closes early (``p2p evaluate … | head``)."""
+    if path is None:
+        return
+    atomic_write_text(path, json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
+    if not quiet:
+        typer.echo(f"wrote {path}", err=True)
 
 
 def json_safe(obj: Any) -> Any:

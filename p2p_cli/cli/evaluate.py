@@ -1,6 +1,5 @@
 """`p2p evaluate`: accuracy and interpretability-transfer metrics (AAP, AJS, PMS) in one table."""
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -12,12 +11,11 @@ from p2p_cli.cli.common import (
     SeedOpt,
     VerboseOpt,
     WorkdirOpt,
-    json_safe,
     reporter,
     variadic_command,
+    write_json_report,
 )
 from p2p_cli.engine.evaluate import ALL_METRICS, EvalOptions, evaluate_models, parse_taus, print_report
-from p2p_cli.io.atomic import atomic_write_text
 
 # --model, --metrics and --tau take several values after one flag
 EvaluateCommand = variadic_command("--model", "-m", "--metrics", "--tau")
@@ -78,8 +76,5 @@ def evaluate_cmd(
     rep = reporter(verbose, quiet)
     report = evaluate_models(model or [], workdir=workdir, teacher=teacher, baseline=baseline, options=opts,
                              reporter=rep)
+    write_json_report(json_path, report, quiet)
     print_report(report)
-    if json_path is not None:
-        atomic_write_text(json_path, json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
-        if not quiet:
-            typer.echo(f"wrote {json_path}", err=True)

@@ -1,6 +1,5 @@
 """`p2p robustness`: do the explanations survive crafted noise and JPEG? (Hoffmann et al., 2021)."""
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -12,9 +11,9 @@ from p2p_cli.cli.common import (
     SeedOpt,
     VerboseOpt,
     WorkdirOpt,
-    json_safe,
     reporter,
     variadic_command,
+    write_json_report,
 )
 from p2p_cli.engine.robustness import (
     ATTACKS,
@@ -25,7 +24,6 @@ from p2p_cli.engine.robustness import (
     print_report,
     run_robustness,
 )
-from p2p_cli.io.atomic import atomic_write_text
 
 RobustnessCommand = variadic_command("--model", "-m")  # --model a b c
 
@@ -88,8 +86,5 @@ def robustness_cmd(
     if attack == "head-on-stomach" and figures <= 0 and out is None:
         opts.out = None
     report = run_robustness(model or [], workdir=workdir, options=opts, reporter=reporter(verbose, quiet))
+    write_json_report(json_path, report, quiet)
     print_report(report)
-    if json_path is not None:
-        atomic_write_text(json_path, json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
-        if not quiet:
-            typer.echo(f"wrote {json_path}", err=True)
