@@ -19,7 +19,7 @@ from torch import nn
 
 from p2p_cli.engine.distill import DistillObjective
 from p2p_cli.engine.objectives import ppnet_terms
-from p2p_cli.engine.runtime import Runtime
+from p2p_cli.engine.runtime import Runtime, resolve_precision
 from p2p_cli.io.config import build_config
 from p2p_cli.losses.registry import get_method
 from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig
@@ -35,9 +35,12 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                        help="auto: bf16 autocast where the CPU has it natively, else fp32")
     args = parser.parse_args()
     stride = args.stride or (32 if args.size >= 224 else 16)
-    rt = Runtime(device=torch.device("cpu"), amp_dtype=torch.bfloat16, channels_last=True)
+    cpu = torch.device("cpu")
+    rt = Runtime(device=cpu, amp_dtype=resolve_precision(args.precision, cpu), channels_last=True)
     cfg = build_config({"method": "proto2proto"})
     images = rt.images(torch.randn(args.batch, 3, args.size, args.size))
     labels = torch.randint(0, args.classes, (args.batch,))
@@ -96,8 +99,8 @@ def main() -> None:
                 fn()
             times[name].append((time.perf_counter() - t0) / args.steps)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{args.teacher} → {args.student}, {args.size} px, stride {stride}, batch {args.batch}, bf16, "
-          f"{torch.get_num_threads()} threads")
+    print(f"{args.teacher} → {args.student}, {args.size} px, stride {stride}, batch {args.batch}, "
+          f"{rt.amp_dtype or 'fp32'}, {torch.get_num_threads()} threads")
     print(f"bare student {med['bare']:.3f} s/step, ProtoPNet student {med['student']:.3f} s/step, "
           f"distillation {med['distill']:.3f} s/step; teacher forward alone {med['teacher']:.3f} s")
     overhead = med["distill"] - med["student"] - med["teacher"]

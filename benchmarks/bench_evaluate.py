@@ -20,7 +20,7 @@ so both see the same machine load; the headline is the median of the pair ratios
 bare``, followed by the ratios of the fastest runs and of the medians. Timings on a shared
 machine are noisy; compare ratios measured within one run.
 
-    python benchmarks/bench_evaluate.py [--reps 5] [--classes 10] [--test-per-class 40] [--image-size 112|224]
+    python benchmarks/bench_evaluate.py [--reps 7] [--classes 10] [--test-per-class 40] [--image-size 112|224]
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def bare_fn(workdir: Path):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--test-per-class", type=int, default=40)
     ap.add_argument("--image-size", type=int, default=112, help="112 (the CPU demo) or 224 (the paper)")

@@ -4,8 +4,8 @@ forward pass over the same images.
 The push makes one pass over the un-augmented training images, vectorised over prototypes:
 per batch one forward pass to the add-on features, one distance computation (B, m, H, W), a
 class mask and one min-reduction per prototype. Two references, timed on the same pre-decoded
-batches in the same process, interleaved, same precision (bf16 autocast on the CPU by default)
-and channels_last:
+batches in the same process, interleaved, same precision (``--precision auto``: bf16 autocast
+where the CPU has it natively, else fp32) and channels_last:
 
 * ``backbone``: the bare backbone forward (``model.backbone(images)``) — the minimum any push needs;
 * ``forward``: the full ProtoPNet forward (``model(images)``: backbone, add-on, distances, logits).
@@ -26,7 +26,7 @@ import time
 import torch
 
 from p2p_cli.engine.push import push_prototypes
-from p2p_cli.engine.runtime import Runtime
+from p2p_cli.engine.runtime import Runtime, resolve_precision
 from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig
 
 
@@ -41,12 +41,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (median is reported)")
-    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     parser.add_argument("--verbose", action="store_true", help="print every round")
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    rt = Runtime(device=torch.device("cpu"), amp_dtype=torch.bfloat16 if args.precision == "bf16" else None,
+    rt = Runtime(device=torch.device("cpu"), amp_dtype=resolve_precision(args.precision, torch.device("cpu")),
                  channels_last=True)
     model = ProtoPNet(ProtoPNetConfig(args.backbone, args.classes, prototypes_per_class=args.per_class,
                                       prototype_depth=args.depth, feature_stride=args.stride)).eval()
@@ -92,7 +92,8 @@ def main() -> None:
     grid = tuple(model(batches[0][0][:1]).distances.shape[-2:])
     print(f"{args.backbone} stride {args.stride}, {args.size} px ({grid[0]}×{grid[1]} grid), "
           f"{model.num_prototypes} prototypes × D={model.prototype_depth}, {args.images} images in batches of "
-          f"{args.batch}, {args.precision}, {torch.get_num_threads()} threads, {args.rounds} interleaved rounds")
+          f"{args.batch}, {rt.amp_dtype or 'fp32'}, {torch.get_num_threads()} threads, "
+          f"{args.rounds} interleaved rounds")
     for name in fns:
         rate = args.images / best[name]
         print(f"  {name:9s} median {med[name]:7.3f} s  best {best[name]:7.3f} s  ({rate:6.1f} img/s)")

@@ -1,9 +1,10 @@
 """Cost of a ProtoPNet train step (all losses) relative to a bare timm backbone train step.
 
-Both run in the same process, interleaved, with the same optimizer (Adam), precision (bf16
-autocast on the CPU by default) and channels_last; the ProtoPNet has the paper's CUB head
-(200 classes × 10 prototypes, D = 256). Prints one ratio per image size; timings vary from
-run to run on a shared machine, the ratio measured within one run is what to compare.
+Both run in the same process, interleaved, with the same optimizer (Adam), precision
+(``--precision auto``: bf16 autocast on a CPU with AMX/AVX512-BF16, else fp32) and
+channels_last; the ProtoPNet has the paper's CUB head (200 classes × 10 prototypes, D = 256).
+Prints one ratio per image size; timings vary from run to run on a shared machine, the ratio
+measured within one run is what to compare.
 
     python benchmarks/bench_train_step.py [--backbone resnet18] [--batch 32] [--sizes 224 112]
 """
@@ -18,6 +19,7 @@ import timm
 import torch
 from torch import nn
 
+from p2p_cli.engine.runtime import resolve_precision
 from p2p_cli.io.config import build_config
 from p2p_cli.losses.protopnet import protopnet_loss
 from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig
@@ -74,10 +76,10 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 112])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (median is reported)")
     parser.add_argument("--steps", type=int, default=3, help="steps per round")
-    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     args = parser.parse_args()
-    dtype = torch.bfloat16 if args.precision == "bf16" else None
-    print(f"{args.backbone}, batch {args.batch}, {args.classes} classes × 10 prototypes, {args.precision}, "
+    dtype = resolve_precision(args.precision, torch.device("cpu"))
+    print(f"{args.backbone}, batch {args.batch}, {args.classes} classes × 10 prototypes, {dtype or 'fp32'}, "
           f"{torch.get_num_threads()} threads")
     # Stride 32 taps the same last stage the bare backbone runs (the like-for-like ratio); at
     # small sizes stride 16 (ResNet layer3) is what the CPU demo uses to keep a 7×7 grid.

@@ -13,7 +13,8 @@ from p2p_cli.engine.runtime import make_runtime
 
 def quickstart_cmd(
     preset: Annotated[str, typer.Option("--preset", help=f"{' | '.join(PRESETS)}: fast takes ~8 minutes "
-                                        "on a 2-core CPU; full doubles data and epochs; tiny is a smoke test")
+                                        "on a 2-core CPU with AMX (bf16), ~18 with AVX2 only (fp32); full doubles "
+                                        "data and epochs; tiny is a smoke test")
     ] = "fast",
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="repeat the three trainings with N seeds; "
                                        "the report gives mean ± std")] = 1,
