@@ -35,6 +35,9 @@ def quickstart_cmd(
     cfg = get_preset(preset)["config"]
     rt = make_runtime(device, cfg["precision"], cfg["channels_last"])
     rep = reporter(verbose, quiet, rt.rank)
+    if rt.device.type == "cpu" and rt.amp_dtype is None and cfg["precision"] == "auto":
+        rep.info("[dim]this CPU has neither AMX nor AVX512-BF16: training runs in fp32, about 2-3× slower than "
+                 "bf16 on a CPU that has them (see README, Performance)[/]")
     report = quickstart(QuickstartOptions(workdir=workdir, preset=preset, seeds=seeds, ablations=ablations),
                         rt, rep)
     if rt.is_main:
