@@ -66,9 +66,9 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     """The backbone's autocast dtype (None = fp32) for ``auto|bf16|fp16|fp32``.
 
     ``auto`` → bf16 on a CUDA GPU that supports it (else fp16), bf16 on a CPU with native bf16
-    (:func:`~p2p_cli.hardware.cpu_has_native_bf16`, 2-3× faster than fp32 there), fp32 on every other CPU and on
-    MPS. An explicit ``bf16`` is honoured everywhere, with a warning on a CPU that can only
-    emulate it.
+    (:func:`~p2p_cli.hardware.cpu_has_native_bf16`, 2-3× faster than fp32 there), fp32 on every
+    other CPU and on MPS. An explicit ``bf16`` is honoured everywhere, with a warning on a CPU
+    that can only emulate it.
     """
     if precision == "fp32":
         return None
@@ -78,8 +78,8 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
         return torch.float16
     if precision == "bf16":
         if device.type == "cpu" and not cpu_has_native_bf16():
-            warnings.warn("precision bf16 on a CPU without AMX or AVX512-BF16 is emulated and runs about 10× "
-                          "slower than fp32; --precision auto picks fp32 here", P2PWarning, stacklevel=2)
+            warnings.warn("precision bf16 on a CPU without AMX or AVX512-BF16 is emulated: 5-17× slower than fp32 "
+                          "(measured); --precision auto picks fp32 here", P2PWarning, stacklevel=2)
         return torch.bfloat16
     if precision != "auto":
         raise P2PError(f"unknown precision '{precision}' (auto, bf16, fp16 or fp32)")
