@@ -17,12 +17,12 @@ import timm
 import torch
 from torch import nn
 
-from p2p_cli.engine.distill import DistillObjective
-from p2p_cli.engine.objectives import ppnet_terms
-from p2p_cli.engine.runtime import Runtime, resolve_precision
 from p2p_cli.io.config import build_config
 from p2p_cli.losses.registry import get_method
 from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig
+from p2p_cli.runtime.device import Runtime, resolve_precision
+from p2p_cli.training.objectives import ppnet_terms
+from p2p_cli.workflows.distill import DistillObjective
 
 
 def main() -> None:

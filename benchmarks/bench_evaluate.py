@@ -10,7 +10,7 @@ process:
 
 * **bare**: both models' forward passes (``model(images)`` under ``torch.inference_mode``) over
   the test images already decoded in memory, in batches of ``test_batch_size``;
-* **evaluate**: :func:`p2p_cli.engine.evaluate.evaluate_models` from scratch (empty activation
+* **evaluate**: :func:`p2p_cli.workflows.evaluate.evaluate_models` from scratch (empty activation
   cache): resolve both runs, load the models, index and decode the images, forward passes,
   every default metric at the default 8 τ values, the table's figures — everything but printing;
 * **evaluate (cached)**: the same again with the cache filled (no forward pass at all).
@@ -38,16 +38,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from p2p_cli.data.datasets import ImageDataset  # noqa: E402
+from p2p_cli.data.loaders import load_dataset_index  # noqa: E402
 from p2p_cli.data.transforms import eval_transform  # noqa: E402
-from p2p_cli.engine.data import load_dataset_index  # noqa: E402
-from p2p_cli.engine.evaluate import EvalOptions, evaluate_models  # noqa: E402
-from p2p_cli.engine.runtime import make_runtime  # noqa: E402
-from p2p_cli.engine.train import write_run_config  # noqa: E402
 from p2p_cli.io.checkpoint import weights_hash  # noqa: E402
 from p2p_cli.io.config import build_config  # noqa: E402
 from p2p_cli.io.rundir import RunDir  # noqa: E402
 from p2p_cli.models.factory import save_model  # noqa: E402
 from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig  # noqa: E402
+from p2p_cli.runtime.device import make_runtime  # noqa: E402
+from p2p_cli.workflows.evaluate import EvalOptions, evaluate_models  # noqa: E402
+from p2p_cli.workflows.train_teacher import write_run_config  # noqa: E402
 
 
 def make_runs(workdir: Path, classes: int, test_per_class: int, image_size: int) -> None:

@@ -25,9 +25,9 @@ import time
 
 import torch
 
-from p2p_cli.engine.push import push_prototypes
-from p2p_cli.engine.runtime import Runtime, resolve_precision
 from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig
+from p2p_cli.runtime.device import Runtime, resolve_precision
+from p2p_cli.training.push import push_prototypes
 
 
 def main() -> None:

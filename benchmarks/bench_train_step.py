@@ -19,10 +19,10 @@ import timm
 import torch
 from torch import nn
 
-from p2p_cli.engine.runtime import resolve_precision
 from p2p_cli.io.config import build_config
 from p2p_cli.losses.protopnet import protopnet_loss
 from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig
+from p2p_cli.runtime.device import resolve_precision
 
 
 def step_fns(backbone: str, classes: int, size: int, batch: int, dtype, stride: int | None):

@@ -65,7 +65,7 @@ def test_example_configs_are_valid():
 def test_fast_preset_equals_the_example_config():
     from pathlib import Path
 
-    from p2p_cli.engine.presets import SYNTHETIC_FAST
+    from p2p_cli.workflows.presets import SYNTHETIC_FAST
 
     example = read_config_file(Path(__file__).parent.parent / "examples" / "synthetic-fast.yaml")
     assert build_config(example) == build_config(SYNTHETIC_FAST)

@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from p2p_cli.engine import distill as distill_mod
 from p2p_cli.io.checkpoint import load_tensors, read_metadata, save_tensors, weights_hash
+from p2p_cli.workflows import distill as distill_mod
 from tests.conftest import TINY_CONFIG
 from tests.test_cli_train import run_cli
 

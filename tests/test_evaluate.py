@@ -16,7 +16,14 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 
 from p2p_cli.cli.common import expand_variadic
-from p2p_cli.engine.evaluate import (
+from p2p_cli.errors import P2PError
+from p2p_cli.io.checkpoint import weights_hash
+from p2p_cli.metrics.parts import HALF_SIDE_FRAC
+from p2p_cli.metrics.transfer import pms
+from p2p_cli.models.factory import load_model, save_model
+from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig
+from p2p_cli.runtime.device import Runtime
+from p2p_cli.workflows.evaluate import (
     NOISE_CLIP,
     Activations,
     PartArgmax,
@@ -30,13 +37,6 @@ from p2p_cli.engine.evaluate import (
     part_scores,
     tau_key,
 )
-from p2p_cli.engine.runtime import Runtime
-from p2p_cli.errors import P2PError
-from p2p_cli.io.checkpoint import weights_hash
-from p2p_cli.metrics.parts import HALF_SIDE_FRAC
-from p2p_cli.metrics.transfer import pms
-from p2p_cli.models.factory import load_model, save_model
-from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig
 from tests.conftest import TINY_CONFIG
 from tests.test_cli_train import run_cli
 
@@ -163,7 +163,7 @@ def test_grid_mismatch_gives_none_and_a_note_and_deltas_use_the_baseline():
     assert rep["models"]["O"]["ajs"] == {"1": None} and rep["models"]["O"]["pms"] is None
     assert rep["models"]["O"]["aap"] == {"1": 2.0}
     assert any("'O' has a 3×3 grid" in n for n in notes)
-    from p2p_cli.engine.evaluate import _add_deltas
+    from p2p_cli.workflows.evaluate import _add_deltas
 
     _add_deltas(rep, "B")
     assert rep["models"]["S"]["delta"]["ajs"]["1"] == pytest.approx(1.0 - 1 / 3)
@@ -175,7 +175,7 @@ def test_files_fingerprint_changes_with_the_files(tmp_path):
     import os
 
     from p2p_cli.data.datasets import Sample
-    from p2p_cli.engine.evaluate import files_fingerprint
+    from p2p_cli.workflows.evaluate import files_fingerprint
 
     paths = [tmp_path / f"{i}.png" for i in range(3)]
     for p in paths:
@@ -246,7 +246,7 @@ def test_image_batches_decode_in_order_like_load_image(tmp_path):
     from PIL import Image
 
     from p2p_cli.data.datasets import Sample, load_image
-    from p2p_cli.engine.evaluate import image_batches
+    from p2p_cli.workflows.evaluate import image_batches
 
     rng = np.random.default_rng(0)
     samples = []
@@ -286,7 +286,7 @@ def test_evaluation_pass_matches_a_direct_forward_and_does_not_depend_on_batchin
     np.testing.assert_allclose(a.logits, out.logits.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(a.labels, ds.labels.numpy())
     assert a.grid == (2, 2) and a.argmin.dtype == np.int32 and a.min_dist.dtype == np.float32
-    from p2p_cli.engine.evaluate import _concat_parts
+    from p2p_cli.workflows.evaluate import _concat_parts
 
     ca, cb = _concat_parts(a.parts["clean"]), _concat_parts(b.parts["clean"])
     na, nb = _concat_parts(a.parts["noisy"]), _concat_parts(b.parts["noisy"])
@@ -380,14 +380,14 @@ def test_evaluate_table_json_and_saved_activations(work, capsys):
         assert tensors["min_dist"].dtype == torch.float32 and tensors["logits"].shape == (9, 3)
         assert json.loads(meta["grid"]) == [2, 2] and meta["format"] == "p2p-activations"
     _check_against_direct_forward(work, acts_dir / "s.safetensors")
-    from p2p_cli.engine.evaluate import load_activations
+    from p2p_cli.workflows.evaluate import load_activations
 
     act, meta = load_activations(acts_dir / "s.safetensors")
     assert act.grid == (2, 2) and meta["model"] == "s" and meta["num_images"] == 9
 
 
 def _check_against_direct_forward(work: Path, path: Path) -> None:
-    from p2p_cli.engine.data import build_datasets
+    from p2p_cli.data.loaders import build_datasets
     from p2p_cli.io.config import config_from_dict
 
     cfg = config_from_dict(yaml.safe_load((work / "s" / "config.yaml").read_text()), source="test")

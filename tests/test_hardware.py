@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from p2p_cli import hardware
 from p2p_cli.cli import app as cli_app
-from p2p_cli.engine.runtime import resolve_precision
 from p2p_cli.errors import P2PError, P2PWarning
 from p2p_cli.metrics import transfer
+from p2p_cli.runtime import hardware
+from p2p_cli.runtime.device import resolve_precision
 
 CPU = torch.device("cpu")
 AMX = {"avx2": True, "avx512_f": True, "avx512_vnni": True, "avx512_bf16": True, "amx_tile": True,

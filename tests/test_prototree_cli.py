@@ -91,7 +91,7 @@ def test_distill_refuses_an_architecture_mismatch(teacher, work, capsys):
 
 
 def test_visualize_writes_the_decision_path_and_the_tree(teacher, work, capsys, tmp_path):
-    from p2p_cli.engine.data import load_dataset_index
+    from p2p_cli.data.loaders import load_dataset_index
     from p2p_cli.io.config import config_from_dict
     from p2p_cli.io.rundir import RunDir
 

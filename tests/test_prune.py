@@ -10,19 +10,19 @@ import pytest
 import torch
 import yaml
 
-from p2p_cli.engine.data import build_datasets
-from p2p_cli.engine.prune import (
+from p2p_cli.data.loaders import build_datasets
+from p2p_cli.io.config import TrainConfig, config_from_dict
+from p2p_cli.models.factory import load_model
+from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig, log_similarity
+from p2p_cli.runtime.device import Runtime
+from p2p_cli.training.push import push_prototypes
+from p2p_cli.training.trainer import fit_last_layer
+from p2p_cli.workflows.prune import (
     knn_keep,
     last_layer_optimizer,
     plan_merges,
     profile_dissimilarity,
 )
-from p2p_cli.engine.push import push_prototypes
-from p2p_cli.engine.runtime import Runtime
-from p2p_cli.engine.trainer import fit_last_layer
-from p2p_cli.io.config import TrainConfig, config_from_dict
-from p2p_cli.models.factory import load_model
-from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig, log_similarity
 from tests.test_cli_train import run_cli
 
 CPU = Runtime(device=torch.device("cpu"), amp_dtype=None, channels_last=False)
@@ -310,8 +310,8 @@ def test_feature_epochs_retrain_and_push_the_merged_prototypes(trained, capsys):
 
 
 def test_a_pruned_teacher_distills_only_when_the_counts_match():
-    from p2p_cli.engine.distill import check_compatible
     from p2p_cli.errors import P2PError
+    from p2p_cli.workflows.distill import check_compatible
 
     cfg = TrainConfig(image_size=32)
     classes = ["a", "b", "c"]

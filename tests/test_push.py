@@ -15,12 +15,12 @@ from torch import nn
 
 from p2p_cli.data.datasets import Sample, load_image
 from p2p_cli.data.transforms import normalize
-from p2p_cli.engine.push import push_prototypes
-from p2p_cli.engine.receptive_field import feature_intervals, receptive_field_boxes, structural_surrogate
-from p2p_cli.engine.runtime import Runtime
 from p2p_cli.io.checkpoint import load_tensors, weights_hash
 from p2p_cli.models.factory import load_model, save_model
 from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig
+from p2p_cli.models.receptive_field import feature_intervals, receptive_field_boxes, structural_surrogate
+from p2p_cli.runtime.device import Runtime
+from p2p_cli.training.push import push_prototypes
 from tests.conftest import TINY_CONFIG
 from tests.test_cli_train import run_cli
 

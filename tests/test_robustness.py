@@ -14,11 +14,11 @@ import torch
 from scipy.stats import spearmanr
 
 from p2p_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD, jpeg_compress
-from p2p_cli.engine import robustness as R
-from p2p_cli.engine.runtime import make_runtime
 from p2p_cli.errors import P2PError
 from p2p_cli.io.config import build_config
 from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig
+from p2p_cli.runtime.device import make_runtime
+from p2p_cli.workflows import robustness as R
 from tests.conftest import TINY_CONFIG
 from tests.test_cli_train import run_cli
 
@@ -202,8 +202,10 @@ def test_cli_jpeg_numbers_are_identical_across_runs(workdir, capsys):
 
 
 def test_training_remedies_run_and_fgsm_is_applied(workdir, capsys, monkeypatch):
+    from p2p_cli.attacks import fgsm
+
     calls = []
-    real = R.fgsm_examples
+    real = fgsm.fgsm_examples
 
     def spy(model, images, labels, rt, *, eps, step):
         calls.append((eps, step))
@@ -211,7 +213,7 @@ def test_training_remedies_run_and_fgsm_is_applied(workdir, capsys, monkeypatch)
         assert not torch.equal(adv, images)
         return adv
 
-    monkeypatch.setattr(R, "fgsm_examples", spy)
+    monkeypatch.setattr(fgsm, "fgsm_examples", spy)
     code, _, err = run_cli(["train-teacher", "--config", str(workdir / "tiny.yaml"), "--workdir", str(workdir),
                             "--name", "robust", "--device", "cpu", "--epochs", "1", "--last-layer-epochs", "1",
                             "--adversarial", "fgsm", "--adv-eps", "8/255", "--augment-jpeg", "0.5", "-q"], capsys)

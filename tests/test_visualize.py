@@ -18,8 +18,8 @@ import torch
 import yaml
 from PIL import Image
 
-from p2p_cli.engine.explain import default_model_runs, read_image
 from p2p_cli.errors import P2PError
+from p2p_cli.explain.local import default_model_runs, read_image
 from p2p_cli.io.checkpoint import save_tensors
 from p2p_cli.models.factory import load_model
 from p2p_cli.models.protopnet import log_similarity
@@ -50,7 +50,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _test_images(work: Path) -> list[Path]:
-    from p2p_cli.engine.data import load_dataset_index
+    from p2p_cli.data.loaders import load_dataset_index
     from p2p_cli.io.config import config_from_dict
 
     cfg = config_from_dict(yaml.safe_load((work / "teacher" / "config.yaml").read_text()), source="test")
@@ -222,7 +222,7 @@ def test_visualize_writes_figure_html_and_correct_numbers(workdir, tmp_path, cap
 
 def test_gallery_reuses_the_activation_cache(workdir, tmp_path, capsys, monkeypatch):
     """The gallery's test-set argmins come from (and go to) evaluate's activation cache."""
-    import p2p_cli.engine.evaluate as ev
+    import p2p_cli.workflows.evaluate as ev
 
     image = _test_images(workdir)[0]
     args = ["visualize", "--image", str(image), "--workdir", str(workdir), "--prototypes", "--device", "cpu",

@@ -14,9 +14,9 @@ import click
 import typer
 from typer.core import TyperCommand
 
-from p2p_cli.engine.report import Reporter
 from p2p_cli.io.atomic import atomic_write_text
 from p2p_cli.io.config import KEYS, TrainConfig, build_config, read_config_file
+from p2p_cli.runtime.reporter import Reporter
 
 # The flag panels shown by --help, keyed by the first config key of each group.
 _PANELS = {"dataset": "Data", "backbone": "Model", "epochs": "Schedule", "precision": "Runtime",

@@ -15,8 +15,8 @@ from p2p_cli.cli.common import (
     reporter,
     with_config_flags,
 )
-from p2p_cli.engine.distill import distill
-from p2p_cli.engine.runtime import make_runtime
+from p2p_cli.runtime.device import make_runtime
+from p2p_cli.workflows.distill import distill
 
 
 @with_config_flags(exclude=("backbone", "teacher"))

@@ -15,7 +15,7 @@ from p2p_cli.cli.common import (
     variadic_command,
     write_json_report,
 )
-from p2p_cli.engine.evaluate import ALL_METRICS, EvalOptions, evaluate_models, parse_taus, print_report
+from p2p_cli.workflows.evaluate import ALL_METRICS, EvalOptions, evaluate_models, parse_taus, print_report
 
 # --model, --metrics and --tau take several values after one flag
 EvaluateCommand = variadic_command("--model", "-m", "--metrics", "--tau")

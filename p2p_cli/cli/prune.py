@@ -6,12 +6,12 @@ from typing import Annotated
 import typer
 
 from p2p_cli.cli.common import DeviceOpt, QuietOpt, SeedOpt, VerboseOpt, WorkdirOpt, reporter
-from p2p_cli.engine.prune import PruneOptions, prune
-from p2p_cli.engine.runtime import make_runtime
 from p2p_cli.errors import P2PError
 from p2p_cli.io.atomic import atomic_write_json
 from p2p_cli.io.config import config_from_dict
 from p2p_cli.io.rundir import resolve_ref
+from p2p_cli.runtime.device import make_runtime
+from p2p_cli.workflows.prune import PruneOptions, prune
 
 
 def prune_cmd(

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from p2p_cli.cli.common import DeviceOpt, QuietOpt, SeedOpt, VerboseOpt, WorkdirOpt, reporter
-from p2p_cli.engine.push_run import PushRequest, push_run
 from p2p_cli.io.atomic import atomic_write_json
+from p2p_cli.workflows.push import PushRequest, push_run
 
 
 def push_cmd(

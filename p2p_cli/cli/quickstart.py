@@ -6,9 +6,9 @@ from typing import Annotated
 import typer
 
 from p2p_cli.cli.common import DeviceOpt, QuietOpt, VerboseOpt, WorkdirOpt, reporter
-from p2p_cli.engine.presets import PRESETS, get_preset
-from p2p_cli.engine.quickstart import QuickstartOptions, quickstart
-from p2p_cli.engine.runtime import make_runtime
+from p2p_cli.runtime.device import make_runtime
+from p2p_cli.workflows.presets import PRESETS, get_preset
+from p2p_cli.workflows.quickstart import QuickstartOptions, quickstart
 
 
 def quickstart_cmd(
@@ -41,7 +41,7 @@ def quickstart_cmd(
     report = quickstart(QuickstartOptions(workdir=workdir, preset=preset, seeds=seeds, ablations=ablations),
                         rt, rep)
     if rt.is_main:
-        from p2p_cli.engine.evaluate import print_report
+        from p2p_cli.workflows.evaluate import print_report
 
         if not quiet:
             print_report(report)

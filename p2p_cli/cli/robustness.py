@@ -15,7 +15,7 @@ from p2p_cli.cli.common import (
     variadic_command,
     write_json_report,
 )
-from p2p_cli.engine.robustness import (
+from p2p_cli.workflows.robustness import (
     ATTACKS,
     AttackSettings,
     JpegSettings,

@@ -16,8 +16,8 @@ from p2p_cli.cli.common import (
     reporter,
     with_config_flags,
 )
-from p2p_cli.engine.runtime import make_runtime
-from p2p_cli.engine.train import train_teacher
+from p2p_cli.runtime.device import make_runtime
+from p2p_cli.workflows.train_teacher import train_teacher
 
 
 @with_config_flags(exclude=DISTILL_KEYS)

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from p2p_cli.cli.common import DeviceOpt, QuietOpt, SeedOpt, VerboseOpt, WorkdirOpt, reporter, variadic_command
-from p2p_cli.engine.runtime import make_runtime
-from p2p_cli.engine.visualize import VisualizeRequest, visualize
+from p2p_cli.runtime.device import make_runtime
+from p2p_cli.workflows.visualize import VisualizeRequest, visualize
 
 VisualizeCommand = variadic_command("--model", "-m")  # --model a b c
 

@@ -251,3 +251,23 @@ def config_from_dict(data: dict[str, Any], *, source: str) -> TrainConfig:
 
 def dump_config(cfg: TrainConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def with_overrides(cfg: TrainConfig | None, *, source: str = "run config", **overrides: Any) -> TrainConfig:
+    """A run's config with command-line overrides (``None`` = not given), each value validated.
+
+    This is the one place where commands that read a run (evaluate, push, prune, visualize,
+    robustness) apply ``--dataset``, ``--data-root`` and friends. Choosing another dataset kind
+    drops the recorded ``data_root`` unless a new one is given. Without a recorded config a
+    ``dataset`` override is required.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if cfg is None:
+        if "dataset" not in given:
+            raise P2PError("no run config.yaml records the dataset; pass --dataset (and --data-root)")
+        cfg = TrainConfig()
+    values = cfg.to_dict()
+    if "dataset" in given and given["dataset"] != cfg.dataset and "data_root" not in given:
+        values["data_root"] = None
+    values.update(given)
+    return build_config(values, source=source)

@@ -366,9 +366,9 @@ def _check_cooccurrence(counts: np.ndarray, argmin_t: np.ndarray, argmin_s: np.n
 
 def _int8_available() -> bool:
     """Whether ``torch._int_mm`` is both fast here (AMX-INT8 / AVX512-VNNI) and correct."""
-    from p2p_cli.hardware import cpu_has_fast_int8
+    from p2p_cli.runtime.hardware import cpu_has_fast_int8
 
-    if not cpu_has_fast_int8():  # elsewhere it runs ~100× slower than an fp32 GEMM (p2p_cli.hardware)
+    if not cpu_has_fast_int8():  # elsewhere it runs ~100× slower than an fp32 GEMM (p2p_cli.runtime.hardware)
         return False
     try:
         import torch

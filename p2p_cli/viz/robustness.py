@@ -69,7 +69,7 @@ def _scaled(box: Sequence[float], factor: int) -> list[float]:
 
 
 def stomach_figure(examples: Sequence[Any], *, title: str) -> bytes:
-    """One row per example (:class:`p2p_cli.engine.robustness.FigureExample`): source, before, after, δ.
+    """One row per example (:class:`p2p_cli.workflows.robustness.FigureExample`): source, before, after, δ.
 
     Inputs smaller than 200 px are enlarged (nearest neighbour) so that the boxes stay thin."""
     if not examples:

@@ -1,6 +1,6 @@
 """distill: train a student ProtoPNet from a frozen teacher (Proto2Proto, SPEC §5, or a KD baseline).
 
-The same :class:`~p2p_cli.engine.trainer.Trainer` as train-teacher runs the schedule; only the
+The same :class:`~p2p_cli.training.trainer.Trainer` as train-teacher runs the schedule; only the
 objective differs. Stage 1 (warm epochs) optimises the transfer terms only, stage 2 (joint)
 ``L_ppnet + transfer`` (Eq. 6), then push and last layer as for a teacher. ``--method none``
 is the baseline student: exactly train-teacher's objective on the small backbone.
@@ -15,12 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from p2p_cli.engine.data import build_datasets
-from p2p_cli.engine.objectives import ProtoPNetObjective, task_terms
-from p2p_cli.engine.report import Reporter
-from p2p_cli.engine.runtime import Runtime, seed_everything, set_deterministic
-from p2p_cli.engine.train import build_model, open_run, write_run_config
-from p2p_cli.engine.trainer import Trainer
+from p2p_cli.data.loaders import build_datasets
 from p2p_cli.errors import P2PError
 from p2p_cli.io.checkpoint import weights_hash
 from p2p_cli.io.config import TrainConfig
@@ -28,6 +23,12 @@ from p2p_cli.io.rundir import RunDir, resolve_ref
 from p2p_cli.losses.registry import DistillMethod, get_method
 from p2p_cli.models.factory import load_model
 from p2p_cli.models.protopnet import ProtoOutput, ProtoPNet
+from p2p_cli.runtime.device import Runtime
+from p2p_cli.runtime.reporter import Reporter
+from p2p_cli.runtime.seeding import seed_everything, set_deterministic
+from p2p_cli.training.objectives import ProtoPNetObjective, task_terms
+from p2p_cli.training.trainer import Trainer
+from p2p_cli.workflows.train_teacher import build_model, open_run, write_run_config
 
 
 def method_settings(cfg: TrainConfig) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """``p2p push-prototypes``: push a trained run's prototypes (the trainer's own
-:func:`~p2p_cli.engine.push.push_prototypes`), write ``prototypes.json`` and, optionally, images.
+:func:`~p2p_cli.training.push.push_prototypes`), write ``prototypes.json`` and, optionally, images.
 
 Pushing a pushed model again moves nothing: every prototype already equals an add-on patch of
 an own-class training image, so its distance to the nearest one is exactly 0. When the push
@@ -21,20 +21,21 @@ import numpy as np
 import torch
 
 from p2p_cli.data.datasets import ImageDataset
+from p2p_cli.data.loaders import eval_loader, load_dataset_index
 from p2p_cli.data.transforms import eval_transform
-from p2p_cli.engine.data import eval_loader, load_dataset_index
-from p2p_cli.engine.provenance import provenance_records, summarize, upsampled_similarity
-from p2p_cli.engine.push import PushResult, push_prototypes
-from p2p_cli.engine.report import Reporter
-from p2p_cli.engine.runtime import Runtime, make_runtime
-from p2p_cli.engine.train import write_run_config
 from p2p_cli.errors import P2PError
 from p2p_cli.io.atomic import atomic_write_json
 from p2p_cli.io.config import TrainConfig, config_from_dict
 from p2p_cli.io.rundir import RunDir, prepare_run, resolve_ref
 from p2p_cli.models.factory import load_model, save_model
+from p2p_cli.models.maps import upsampled_similarity
 from p2p_cli.models.protopnet import ProtoPNet
+from p2p_cli.runtime.device import Runtime, make_runtime
+from p2p_cli.runtime.reporter import Reporter
+from p2p_cli.training.provenance import provenance_records, summarize
+from p2p_cli.training.push import PushResult, push_prototypes
 from p2p_cli.viz import render
+from p2p_cli.workflows.train_teacher import write_run_config
 
 MOVED_TOL = 1e-8
 """A prototype counts as moved when its squared distance to its new patch exceeds this."""

@@ -10,11 +10,7 @@ from typing import Any
 import torch
 
 import p2p_cli
-from p2p_cli.engine.data import build_datasets
-from p2p_cli.engine.objectives import ProtoPNetObjective
-from p2p_cli.engine.report import Reporter
-from p2p_cli.engine.runtime import Runtime, barrier, seed_everything, set_deterministic
-from p2p_cli.engine.trainer import Trainer
+from p2p_cli.data.loaders import build_datasets
 from p2p_cli.errors import P2PError
 from p2p_cli.io.atomic import atomic_write_yaml
 from p2p_cli.io.config import SCHEMA_VERSION, TrainConfig
@@ -22,6 +18,12 @@ from p2p_cli.io.rundir import RunDir, prepare_run
 from p2p_cli.models.backbones import load_backbone_weights
 from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig
 from p2p_cli.models.prototree import ProtoTree, ProtoTreeConfig
+from p2p_cli.runtime.device import Runtime
+from p2p_cli.runtime.distributed import barrier
+from p2p_cli.runtime.reporter import Reporter
+from p2p_cli.runtime.seeding import seed_everything, set_deterministic
+from p2p_cli.training.objectives import ProtoPNetObjective
+from p2p_cli.training.trainer import Trainer
 
 
 def build_model(cfg: TrainConfig, num_classes: int, rt: Runtime, *, backbone: str | None = None) -> ProtoPNet:

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from p2p_cli.engine.runtime import Runtime
+from p2p_cli.runtime.device import Runtime
 
 
 @dataclass

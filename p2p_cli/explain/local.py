@@ -24,15 +24,15 @@ from PIL import Image, ImageOps
 
 from p2p_cli.data.datasets import DatasetIndex, Sample, crop_box, file_sha256, load_image, open_rgb
 from p2p_cli.data.transforms import normalize
-from p2p_cli.engine.provenance import percentile_box, upsampled_similarity
-from p2p_cli.engine.runtime import Runtime
 from p2p_cli.errors import P2PError, did_you_mean
 from p2p_cli.io.checkpoint import read_metadata
 from p2p_cli.io.config import TrainConfig, config_from_dict
 from p2p_cli.io.rundir import RunDir, list_runs, resolve_ref
 from p2p_cli.metrics.transfer import pms
 from p2p_cli.models.factory import load_model
+from p2p_cli.models.maps import percentile_box, upsampled_similarity
 from p2p_cli.models.protopnet import ProtoOutput, ProtoPNet, PrototypeNetwork, log_similarity
+from p2p_cli.runtime.device import Runtime
 
 QUICKSTART_NAMES = ("teacher", "baseline", "proto2proto")
 """Runs that ``p2p visualize`` shows by default, in this order, when they exist."""

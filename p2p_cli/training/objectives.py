@@ -1,7 +1,7 @@
 """Training objectives: what loss a stage optimises, given the model's one forward pass.
 
 ``ProtoPNetObjective`` is train-teacher's (SPEC §3); distillation objectives (SPEC §5) live in
-``engine/distill.py`` and plug into the same trainer.
+``workflows/distill.py`` and plug into the same trainer.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ from torch.utils.data.distributed import DistributedSampler
 
 from p2p_cli.data.datasets import DatasetIndex, ImageDataset, load_index
 from p2p_cli.data.transforms import BatchAugment, eval_transform
-from p2p_cli.engine.runtime import Runtime
 from p2p_cli.io.config import TrainConfig
+from p2p_cli.runtime.device import Runtime
 
 
 def load_dataset_index(cfg: TrainConfig) -> DatasetIndex:

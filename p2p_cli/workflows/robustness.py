@@ -55,19 +55,21 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
+from p2p_cli.attacks.fgsm import fgsm_examples  # noqa: F401  (re-exported for the trainer)
+from p2p_cli.attacks.pixels import _channel_stats, forward_pixels, normalize_pixels, to_pixels  # noqa: F401
 from p2p_cli.data.datasets import DatasetIndex, ImageDataset, Sample, load_image
-from p2p_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD, JPEG_QUALITY, jpeg_compress
-from p2p_cli.engine.data import load_dataset_index
-from p2p_cli.engine.provenance import high_activation_box, upsampled_similarity
-from p2p_cli.engine.report import Reporter
-from p2p_cli.engine.runtime import Runtime, make_runtime
+from p2p_cli.data.loaders import load_dataset_index
+from p2p_cli.data.transforms import JPEG_QUALITY, jpeg_compress
 from p2p_cli.errors import P2PError, did_you_mean
 from p2p_cli.io.atomic import atomic_write_bytes
 from p2p_cli.io.checkpoint import weights_hash
 from p2p_cli.io.config import TrainConfig, config_from_dict, parse_number
 from p2p_cli.io.rundir import RunDir, resolve_ref
 from p2p_cli.models.factory import load_model
-from p2p_cli.models.protopnet import ProtoOutput, ProtoPNet, log_similarity
+from p2p_cli.models.maps import high_activation_box, upsampled_similarity
+from p2p_cli.models.protopnet import ProtoPNet, log_similarity
+from p2p_cli.runtime.device import Runtime, make_runtime
+from p2p_cli.runtime.reporter import Reporter
 
 ATTACKS = ("head-on-stomach", "jpeg")
 REGIONS = ("target", "image")
@@ -88,32 +90,6 @@ def parse_budget(value: str | float, name: str) -> float:
     if not 0.0 <= out <= 1.0 or math.isnan(out):
         raise P2PError(f"--{name} is in [0, 1] pixel units (e.g. 8/255), got {value}")
     return out
-
-
-def _channel_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    return mean, std
-
-
-def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
-    """[0, 1] float images (B, 3, S, S) → ImageNet-normalised model input (differentiable)."""
-    mean, std = _channel_stats(pixels.device)
-    return (pixels - mean) / std
-
-
-def forward_pixels(model: ProtoPNet, pixels: torch.Tensor, rt: Runtime) -> ProtoOutput:
-    """The model's forward pass on [0, 1] images (B, 3, S, S); gradients flow to ``pixels``."""
-    x = normalize_pixels(pixels)
-    if rt.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with rt.autocast():
-        return model(x)
-
-
-def to_pixels(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, S, S) → float32 [0, 1]."""
-    return images.float() / 255.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,38 +207,6 @@ def pgd_cross_entropy(model: ProtoPNet, clean: torch.Tensor, labels: torch.Tenso
         adv = _project(x.detach() + step * grad.sign(), clean, mask, eps)
     with torch.no_grad():
         return forward_pixels(model, adv, rt).logits.argmax(1)
-
-
-# --------------------------------------------------------------------------------------------
-# FGSM training (the App. F.1 remedy)
-# --------------------------------------------------------------------------------------------
-
-
-def fgsm_examples(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, rt: Runtime, *,
-                  eps: float, step: float) -> torch.Tensor:
-    """Fast adversarial training's examples (Wong, Rice & Kolter 2020, "Fast is better than free").
-
-    images: ImageNet-normalised (B, 3, S, S); eps and step in [0, 1] pixel units (the paper:
-    8/255 and 10/255), converted per channel to the normalised space (ε_c = ε / std_c). δ starts
-    uniform in the ε-ball, takes one sign step on the cross-entropy of the logits and is
-    projected back onto the ε-ball and the valid pixel range. Returns the perturbed batch
-    (detached, same shape). The model's mode is left as it is (train mode updates BatchNorm
-    statistics on the extra forward pass, as in Wong et al.).
-    """
-    mean, std = _channel_stats(images.device)
-    lo, hi = (0.0 - mean) / std, (1.0 - mean) / std
-    eps_c, step_c = eps / std, step / std
-    x = images.detach()
-    delta = (torch.rand_like(x) * 2 - 1) * eps_c
-    delta = (torch.minimum(torch.maximum(x + delta, lo), hi) - x).requires_grad_(True)
-    with rt.autocast():
-        out = model(x + delta)
-    loss = F.cross_entropy(out.logits.float(), labels)
-    (grad,) = torch.autograd.grad(loss, delta)
-    delta = delta.detach() + step_c * grad.sign()
-    delta = torch.minimum(torch.maximum(delta, -eps_c), eps_c)
-    adv = torch.minimum(torch.maximum(x + delta, lo), hi)
-    return adv.contiguous(memory_format=torch.channels_last) if rt.channels_last else adv
 
 
 # --------------------------------------------------------------------------------------------

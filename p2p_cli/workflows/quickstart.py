@@ -17,19 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from p2p_cli.engine.data import load_dataset_index
-from p2p_cli.engine.distill import distill
-from p2p_cli.engine.evaluate import EvalOptions, evaluate_models
-from p2p_cli.engine.presets import get_preset
-from p2p_cli.engine.prune import PruneOptions, prune
-from p2p_cli.engine.report import Reporter
-from p2p_cli.engine.runtime import Runtime
-from p2p_cli.engine.train import train_teacher
-from p2p_cli.engine.visualize import VisualizeRequest, visualize
+from p2p_cli.data.loaders import load_dataset_index
 from p2p_cli.io.atomic import atomic_write_json
 from p2p_cli.io.checkpoint import read_metadata
 from p2p_cli.io.config import TrainConfig, build_config, config_from_dict
 from p2p_cli.io.rundir import RunDir
+from p2p_cli.runtime.device import Runtime
+from p2p_cli.runtime.reporter import Reporter
+from p2p_cli.workflows.distill import distill
+from p2p_cli.workflows.evaluate import EvalOptions, evaluate_models
+from p2p_cli.workflows.presets import get_preset
+from p2p_cli.workflows.prune import PruneOptions, prune
+from p2p_cli.workflows.train_teacher import train_teacher
+from p2p_cli.workflows.visualize import VisualizeRequest, visualize
 
 ROLES = ("teacher", "baseline", "proto2proto")
 STUDENT_SEED = 1000  # students of seed k use STUDENT_SEED + k, the teacher k

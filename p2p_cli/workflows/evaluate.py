@@ -44,10 +44,8 @@ from rich.table import Table
 
 import p2p_cli
 from p2p_cli.data.datasets import DatasetIndex, Sample, load_image_array, parts_in_input
+from p2p_cli.data.loaders import load_dataset_index
 from p2p_cli.data.transforms import normalize
-from p2p_cli.engine.data import load_dataset_index
-from p2p_cli.engine.report import Reporter
-from p2p_cli.engine.runtime import Runtime, make_runtime
 from p2p_cli.errors import P2PError, did_you_mean
 from p2p_cli.io.atomic import atomic_write_json
 from p2p_cli.io.checkpoint import decode_metadata, load_tensors, save_tensors, weights_hash
@@ -71,6 +69,8 @@ from p2p_cli.metrics.parts import (
 from p2p_cli.metrics.transfer import aap, active_mask, ajs, pms
 from p2p_cli.models.factory import load_model
 from p2p_cli.models.protopnet import ProtoPNet, log_similarity
+from p2p_cli.runtime.device import Runtime, make_runtime
+from p2p_cli.runtime.reporter import Reporter
 
 __all__ = [
     "ALL_METRICS",

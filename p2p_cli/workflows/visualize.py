@@ -1,7 +1,7 @@
 """``p2p visualize``: the explanation figure (Proto2Proto Fig. 1), the matched-prototype gallery
 (Fig. 4) and a self-contained HTML page, from trained runs and one image.
 
-Model side: :mod:`p2p_cli.engine.explain`. Pixels and layout: :mod:`p2p_cli.viz`.
+Model side: :mod:`p2p_cli.explain.local`. Pixels and layout: :mod:`p2p_cli.viz`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import numpy as np
 from PIL import Image
 
 from p2p_cli.data.datasets import DatasetIndex, Sample
-from p2p_cli.engine.data import load_dataset_index
-from p2p_cli.engine.evaluate import base_activations
-from p2p_cli.engine.explain import (
+from p2p_cli.data.loaders import load_dataset_index
+from p2p_cli.errors import P2PError
+from p2p_cli.explain.local import (
     Explanation,
     Matching,
     ModelBundle,
@@ -36,12 +36,12 @@ from p2p_cli.engine.explain import (
     sample_region,
     tree_path,
 )
-from p2p_cli.engine.report import Reporter
-from p2p_cli.engine.runtime import Runtime
-from p2p_cli.errors import P2PError
 from p2p_cli.io.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from p2p_cli.runtime.device import Runtime
+from p2p_cli.runtime.reporter import Reporter
 from p2p_cli.viz import figures, html, render
 from p2p_cli.viz.tree import tree_figure
+from p2p_cli.workflows.evaluate import base_activations
 
 DISPLAY_MIN = 224  # display images: longer side max(224, S) px
 

@@ -1,19 +1,17 @@
-"""Where and how computation runs: device, precision, determinism, torch.distributed."""
+"""Where and how computation runs: the device, the autocast precision, the process's rank."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import random
 import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-import torch.distributed as dist
 
 from p2p_cli.errors import P2PError, P2PWarning
-from p2p_cli.hardware import cpu_has_native_bf16
+from p2p_cli.runtime.distributed import init_distributed
+from p2p_cli.runtime.hardware import cpu_has_native_bf16
 
 
 @dataclass(frozen=True)
@@ -66,7 +64,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     """The backbone's autocast dtype (None = fp32) for ``auto|bf16|fp16|fp32``.
 
     ``auto`` → bf16 on a CUDA GPU that supports it (else fp16), bf16 on a CPU with native bf16
-    (:func:`~p2p_cli.hardware.cpu_has_native_bf16`, 2-3× faster than fp32 there), fp32 on every
+    (:func:`~p2p_cli.runtime.hardware.cpu_has_native_bf16`, 2-3× faster than fp32 there), fp32 on every
     other CPU and on MPS. An explicit ``bf16`` is honoured everywhere, with a warning on a CPU
     that can only emulate it.
     """
@@ -90,61 +88,8 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return None
 
 
-def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
-    """Join the process group when launched by torchrun (gloo on CPU, nccl on CUDA)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = resolve_device(device_name)
-    if world <= 1:
-        return 0, 1, device
-    if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
-    return dist.get_rank(), dist.get_world_size(), device
-
-
 def make_runtime(device_name: str, precision: str, channels_last: bool) -> Runtime:
-    rank, world, device = init_distributed(device_name)
+    device = resolve_device(device_name)
+    rank, world = init_distributed(device)
     return Runtime(device=device, amp_dtype=resolve_precision(precision, device),
                    channels_last=channels_last, rank=rank, world_size=world)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def set_deterministic(enabled: bool) -> None:
-    if enabled:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-
-def all_reduce_sum(t: torch.Tensor, rt: Runtime) -> torch.Tensor:
-    if rt.distributed:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
-def barrier(rt: Runtime) -> None:
-    if rt.distributed:
-        dist.barrier()
-
-
-def gather_rows(t: torch.Tensor, rt: Runtime) -> torch.Tensor:
-    """Concatenate every rank's rows of ``t`` (shards may differ in length by a few rows)."""
-    if not rt.distributed:
-        return t
-    n = torch.tensor([t.shape[0]], device=t.device)
-    sizes = [torch.zeros_like(n) for _ in range(rt.world_size)]
-    dist.all_gather(sizes, n)
-    longest = int(max(s.item() for s in sizes))
-    padded = torch.zeros((longest, *t.shape[1:]), dtype=t.dtype, device=t.device)
-    padded[: t.shape[0]] = t
-    parts = [torch.empty_like(padded) for _ in range(rt.world_size)]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes, strict=True)])

@@ -38,13 +38,7 @@ from typing import Any
 
 import torch
 
-from p2p_cli.engine import stages as S
-from p2p_cli.engine.data import DataBundle, build_datasets
-from p2p_cli.engine.objectives import ProtoPNetObjective
-from p2p_cli.engine.report import Reporter
-from p2p_cli.engine.runtime import Runtime, seed_everything, set_deterministic
-from p2p_cli.engine.train import open_run, write_run_config
-from p2p_cli.engine.trainer import Trainer, fit_last_layer, min_distance_pass
+from p2p_cli.data.loaders import DataBundle, build_datasets
 from p2p_cli.errors import P2PError
 from p2p_cli.io.atomic import atomic_write_json
 from p2p_cli.io.checkpoint import weights_hash
@@ -52,6 +46,13 @@ from p2p_cli.io.config import TrainConfig, config_from_dict
 from p2p_cli.io.rundir import RunDir, resolve_ref
 from p2p_cli.models.factory import load_model, save_model
 from p2p_cli.models.protopnet import ProtoPNet, log_similarity
+from p2p_cli.runtime.device import Runtime
+from p2p_cli.runtime.reporter import Reporter
+from p2p_cli.runtime.seeding import seed_everything, set_deterministic
+from p2p_cli.training import schedule as S
+from p2p_cli.training.objectives import ProtoPNetObjective
+from p2p_cli.training.trainer import Trainer, fit_last_layer, min_distance_pass
+from p2p_cli.workflows.train_teacher import open_run, write_run_config
 
 METHODS = ("protopshare", "knn")
 # metadata keys save_model writes itself; everything else of the source's metadata is carried over

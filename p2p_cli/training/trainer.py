@@ -22,18 +22,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from p2p_cli.engine import stages as S
-from p2p_cli.engine.data import DataBundle, eval_loader, train_loader
-from p2p_cli.engine.objectives import last_layer_terms
-from p2p_cli.engine.provenance import provenance_records, summarize
-from p2p_cli.engine.push import push_prototypes
-from p2p_cli.engine.report import Reporter
-from p2p_cli.engine.runtime import Runtime, all_reduce_sum, gather_rows, seed_everything
+from p2p_cli.data.loaders import DataBundle, eval_loader, train_loader
 from p2p_cli.io.checkpoint import flatten_optimizer, load_tensors, unflatten_optimizer
 from p2p_cli.io.config import TrainConfig
 from p2p_cli.io.rundir import RunDir
 from p2p_cli.models.factory import model_metadata, save_model
 from p2p_cli.models.protopnet import ProtoPNet, log_similarity
+from p2p_cli.runtime.device import Runtime
+from p2p_cli.runtime.distributed import all_reduce_sum, gather_rows
+from p2p_cli.runtime.reporter import Reporter
+from p2p_cli.runtime.seeding import seed_everything
+from p2p_cli.training import schedule as S
+from p2p_cli.training.objectives import last_layer_terms
+from p2p_cli.training.provenance import provenance_records, summarize
+from p2p_cli.training.push import push_prototypes
 
 
 @dataclass
@@ -45,7 +47,7 @@ class TrainState:
 
 
 class Trainer:
-    """Runs the schedule for ``model`` under ``objective`` (see ``engine/objectives.py``)."""
+    """Runs the schedule for ``model`` under ``objective`` (see ``training/objectives.py``)."""
 
     def __init__(self, cfg: TrainConfig, model: ProtoPNet, objective: Any, data: DataBundle, rt: Runtime,
                  run: RunDir | None, reporter: Reporter, *, head_frozen: bool = False,
@@ -211,7 +213,7 @@ class Trainer:
     def _adversarial(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Fast adversarial training (Wong et al. 2020; Hoffmann et al. 2021, App. F.1): the batch is
         replaced by its FGSM examples (random start, one step of ``adv_step``, radius ``adv_eps``)."""
-        from p2p_cli.engine.robustness import fgsm_examples
+        from p2p_cli.attacks.fgsm import fgsm_examples
 
         return fgsm_examples(self.model, images, labels, self.rt, eps=self.cfg.adv_eps, step=self.cfg.adv_step)
 
