@@ -8,7 +8,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
-from p2p_cli.data.datasets import DatasetIndex, ImageDataset, load_index
+from p2p_cli.data.images import ImageDataset
+from p2p_cli.data.index import DatasetIndex
+from p2p_cli.data.readers import load_index
 from p2p_cli.data.transforms import BatchAugment, eval_transform
 from p2p_cli.io.config import TrainConfig
 from p2p_cli.runtime.device import Runtime
