@@ -201,6 +201,10 @@ class ImageDataset(Dataset):
             self._filled[base] = True
         return image.clone()
 
+    def share_cache(self, other: ImageDataset) -> None:
+        """Use ``other``'s image cache (same samples, size and crop) instead of filling a second one."""
+        self._store, self._filled = other._store, other._filled
+
     def preload(self, progress: Callable[[int, int], None] | None = None, threads: int = 2) -> None:
         """Fill the cache now (no-op without ``cache=True``); ``progress(done, total)``."""
         if not self.cache:
