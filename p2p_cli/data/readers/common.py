@@ -1,7 +1,7 @@
 """What every dataset reader shares: the :class:`Reader` record and the index checks.
 
 A reader turns a dataset folder into a :class:`~p2p_cli.data.index.DatasetIndex` plus the list
-of non-fatal :class:`~p2p_cli.data.index.Issue` s it found (missing images, empty classes).
+of non-fatal issues (:class:`~p2p_cli.data.index.Issue`: missing images, empty classes).
 Problems that make the index unreadable (missing index file, malformed line) raise
 :class:`~p2p_cli.data.index.DataError` instead.
 """
