@@ -11,18 +11,16 @@ import scipy.io
 import torch
 from PIL import Image
 
-from p2p_cli.data.datasets import (
-    DataError,
+from p2p_cli.data.images import (
     ImageDataset,
-    Sample,
     file_sha256,
     image_dims,
     input_geometry,
     load_image,
-    load_index,
     parts_in_input,
-    unwrap_worker_error,
 )
+from p2p_cli.data.index import DataError, DatasetIndex, Sample, unwrap_worker_error
+from p2p_cli.data.readers import KINDS, READERS, Reader, load_index
 from p2p_cli.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -287,6 +285,31 @@ def test_kind_and_root_errors(tmp_path: Path) -> None:
     one_line_error(exc, str(tmp_path / "train"), "folder not found")
 
 
+def test_readers_registry_dispatches_by_kind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert KINDS == ("cub", "cars", "folder", "synthetic") == tuple(READERS)
+    seen: list[Path] = []
+
+    def read(root: Path) -> tuple[DatasetIndex, list]:
+        seen.append(root)
+        return DatasetIndex("mine", root, ["a"], [Sample(root / "x.png", 0)], [Sample(root / "y.png", 0)]), []
+
+    monkeypatch.setitem(READERS, "mine", Reader(read))
+    index = load_index("mine", tmp_path)
+    assert index.name == "mine" and seen == [tmp_path]
+    with pytest.raises(P2PError) as exc:
+        load_index("mine", None)
+    one_line_error(exc, "dataset 'mine' needs a data root")
+
+
+def test_missing_synthetic_root_hints_at_synthesize(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as exc:
+        load_index("synthetic", tmp_path / "nowhere")
+    one_line_error(exc, str(tmp_path / "nowhere"), "data root not found", "p2p data synthesize")
+    with pytest.raises(DataError) as exc:
+        load_index("cub", tmp_path / "nowhere")
+    assert "synthesize" not in one_line_error(exc, "data root not found")
+
+
 # ----------------------------------------------------------------------------- images and geometry
 
 
@@ -317,6 +340,18 @@ def test_preload_fills_the_cache(tmp_path: Path) -> None:
     for sample in index.train:
         sample.path.unlink()
     assert ds[3][0].shape == (3, 8, 8) and ds[3][0].dtype == torch.uint8
+
+
+def test_share_cache_reads_the_other_datasets_images(tmp_path: Path) -> None:
+    index = load_index("cub", make_cub(tmp_path / "cub"))
+    train = ImageDataset(index.train, None, image_size=8, cache=True)
+    train.preload()
+    push = ImageDataset(index.train, eval_transform(8), image_size=8, cache=True)
+    push.share_cache(train)
+    for sample in index.train:
+        sample.path.unlink()  # only the shared cache can serve the images now
+    image, label, base = push[2]
+    assert torch.equal(image, eval_transform(8)(train.load(2))) and (label, base) == (index.train[2].label, 2)
 
 
 def test_corrupt_image_is_one_line_error_even_from_a_worker(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from p2p_cli.data import synthetic as syn
-from p2p_cli.data.datasets import load_index
+from p2p_cli.data.readers import load_index
 from p2p_cli.errors import P2PError
 
 TINY = dict(num_classes=3, train_per_class=3, test_per_class=1, image_size=64, seed=1)

@@ -11,8 +11,9 @@ from typing import Any
 
 _EXPORTS = {
     "synthetic": ("synthesize", "ensure_synthetic", "default_cache_dir", "PRESETS"),
-    "datasets": ("KINDS", "DataError", "DatasetIndex", "ImageDataset", "Sample", "file_sha256",
-                 "input_geometry", "load_index", "parts_in_input", "unwrap_worker_error"),
+    "index": ("DataError", "DatasetIndex", "Sample", "unwrap_worker_error"),
+    "readers": ("KINDS", "load_index"),
+    "images": ("ImageDataset", "file_sha256", "input_geometry", "parts_in_input"),
     "transforms": ("IMAGENET_MEAN", "IMAGENET_STD", "denormalize", "eval_transform", "BatchAugment", "normalize"),
     "check": ("CheckRow", "check_dataset"),
 }

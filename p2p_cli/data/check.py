@@ -21,8 +21,10 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageOps
 
-from p2p_cli.data.datasets import KINDS, DataError, DatasetIndex, Sample, _reason, scan_index
-from p2p_cli.errors import P2PError, did_you_mean
+from p2p_cli.data.images import error_reason
+from p2p_cli.data.index import DataError, DatasetIndex, Sample
+from p2p_cli.data.readers import reader_for, scan_index
+from p2p_cli.errors import P2PError
 
 Status = Literal["ok", "warn", "error"]
 MAX_EXAMPLES = 5
@@ -52,14 +54,14 @@ def inspect_file(path: Path) -> ImageInfo:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        return ImageInfo(path, None, None, _reason(exc))
+        return ImageInfo(path, None, None, error_reason(exc))
     digest = hashlib.sha256(data).hexdigest()
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
             size = ImageOps.exif_transpose(im).size
     except Exception as exc:  # PIL raises many types on corrupt data; all mean "unreadable"
-        return ImageInfo(path, digest, None, _reason(exc))
+        return ImageInfo(path, digest, None, error_reason(exc))
     return ImageInfo(path, digest, size, None)
 
 
@@ -71,8 +73,7 @@ def check_dataset(kind: str, root: str | os.PathLike | None, *,
     ``progress(done, total)`` is called while images are decoded. A missing root, or an
     unknown ``kind``, is a :class:`P2PError` (there is nothing to report on).
     """
-    if kind not in KINDS:
-        raise P2PError(f"unknown dataset '{kind}'{did_you_mean(kind, KINDS)}; choose from {', '.join(KINDS)}")
+    reader_for(kind)  # unknown kind: P2PError
     if root is not None and not Path(root).expanduser().is_dir():
         raise P2PError(f"{Path(root).expanduser()}: data root not found")
     try:

@@ -1,4 +1,10 @@
-"""DataLoaders for training, push and evaluation, built from a config."""
+"""Datasets and DataLoaders for training, push and evaluation, built from a config.
+
+Every dataset yields ``(image, label, base_index)``: ``image`` uint8 ``(3, S, S)`` for training
+(augmented and normalised per batch by :class:`~p2p_cli.data.transforms.BatchAugment` on the
+training device) and float32 ImageNet-normalised ``(3, S, S)`` for push and test; ``S`` is
+``cfg.image_size`` and ``base_index`` the position in the index split.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +14,21 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
-from p2p_cli.data.datasets import DatasetIndex, ImageDataset, load_index
+from p2p_cli.data.images import ImageDataset
+from p2p_cli.data.index import DatasetIndex
+from p2p_cli.data.readers import load_index
 from p2p_cli.data.transforms import BatchAugment, eval_transform
 from p2p_cli.io.config import TrainConfig
 from p2p_cli.runtime.device import Runtime
 
 
 def load_dataset_index(cfg: TrainConfig) -> DatasetIndex:
+    """The index of ``cfg.dataset`` at ``cfg.data_root`` (the cached synthetic dataset without a root)."""
     return load_index(cfg.dataset, cfg.data_root, **synthetic_kwargs(cfg))
 
 
 def synthetic_kwargs(cfg: TrainConfig) -> dict:
+    """The synthetic-dataset parameters of ``cfg`` as ``load_index`` keywords (empty for other kinds)."""
     if cfg.dataset != "synthetic":
         return {}
     return dict(preset=cfg.synthetic_preset, num_classes=cfg.synthetic_classes,
@@ -28,6 +38,8 @@ def synthetic_kwargs(cfg: TrainConfig) -> dict:
 
 @dataclass
 class DataBundle:
+    """The index and the three datasets of a run, plus the per-batch training augmentation."""
+
     index: DatasetIndex
     train: ImageDataset  # uint8 images, repeated; the trainer augments each batch with `augment`
     augment: BatchAugment
@@ -55,7 +67,7 @@ def build_datasets(cfg: TrainConfig, index: DatasetIndex | None = None) -> DataB
     if cfg.cache_images:
         bundle.train.preload()
         bundle.test.preload()
-        bundle.push._store, bundle.push._filled = bundle.train._store, bundle.train._filled
+        bundle.push.share_cache(bundle.train)
     return bundle
 
 
