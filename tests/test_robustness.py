@@ -16,15 +16,19 @@ from scipy.stats import spearmanr
 from p2p_cli.attacks.fgsm import fgsm_examples
 from p2p_cli.attacks.head_on_stomach import AttackSettings, head_on_stomach
 from p2p_cli.attacks.jpeg import jpeg_statistics, spearman_rows
+from p2p_cli.attacks.pgd import attempt_generator, random_start
 from p2p_cli.attacks.pixels import forward_pixels, normalize_pixels, parse_budget, to_pixels
 from p2p_cli.attacks.regions import (
+    best_cell_box,
     best_match_region,
     explanation_moved,
+    region_box,
     region_maxima,
     region_pixel_mask,
     stomach_objective,
 )
 from p2p_cli.attacks.testset import raw_test_set
+from p2p_cli.attacks.transfer import transfer_entry
 from p2p_cli.data.loaders import load_dataset_index
 from p2p_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD, jpeg_compress
 from p2p_cli.errors import P2PError
@@ -82,6 +86,37 @@ def test_best_match_region_and_its_pixel_footprint():
     mask = region_pixel_mask(cells, 32)
     assert mask.shape == (1, 1, 32, 32)
     assert mask[0, 0, :16, 16:].eq(1).all() and mask.sum() == 16 * 16
+
+
+def test_figure_boxes_are_cell_footprints():
+    cells = torch.zeros(4, 4, dtype=torch.bool)
+    cells[1, 2] = cells[2, 3] = True  # bounding rectangle: rows 1-2, columns 2-3
+    assert region_box(cells, 32) == [16, 8, 32, 24]
+    d = torch.full((4, 4), 2.0)
+    d[3, 0] = 0.5
+    assert best_cell_box(d, 30) == [0, 22, 8, 30]  # edges round(i * 30 / 4) = 0, 8, 15, 22, 30
+
+
+def test_random_starts_per_image_do_not_depend_on_the_batch():
+    clean = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(clean[:, :1])
+    mask[1, :, :4] = 0
+    together = random_start(clean, mask, EPS, [attempt_generator(0, k, 0) for k in (5, 6, 7)])
+    alone = random_start(clean[1:2], mask[1:2], EPS, [attempt_generator(0, 6, 0)])
+    assert torch.equal(together[1:2], alone)
+    assert (together - clean).abs().max() <= EPS + 1e-6 and ((together - clean) * (1 - mask)).abs().max() == 0
+    assert not torch.equal(together[0], together[2])
+
+
+def test_transfer_rates_by_hand():
+    t = torch.tensor([True, True, False, False])
+    s = torch.tensor([True, False, True, False])
+    e = transfer_entry(t, torch.tensor([False, False, False, True]), s, torch.zeros(4, dtype=torch.bool))
+    assert e == {"attacked": 4, "teacher_moved": 2, "student_moved_with_teacher": 1, "transfer_rate": 0.5,
+                 "student_moved": 0.5, "student_moved_random": 0.0, "teacher_moved_random": 0.25}
+    never = torch.zeros(4, dtype=torch.bool)
+    none = transfer_entry(never, never, s, s)  # the teacher never moved
+    assert none["teacher_moved"] == 0 and none["transfer_rate"] is None
 
 
 def test_jpeg_helpers_are_deterministic():
