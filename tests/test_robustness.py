@@ -13,12 +13,29 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
+from p2p_cli.attacks.fgsm import fgsm_examples
+from p2p_cli.attacks.head_on_stomach import AttackSettings, head_on_stomach
+from p2p_cli.attacks.jpeg import jpeg_statistics, spearman_rows
+from p2p_cli.attacks.pgd import attempt_generator, random_start
+from p2p_cli.attacks.pixels import forward_pixels, normalize_pixels, parse_budget, to_pixels
+from p2p_cli.attacks.regions import (
+    best_cell_box,
+    best_match_region,
+    explanation_moved,
+    region_box,
+    region_maxima,
+    region_pixel_mask,
+    stomach_objective,
+)
+from p2p_cli.attacks.testset import raw_test_set
+from p2p_cli.attacks.transfer import transfer_entry
+from p2p_cli.data.loaders import load_dataset_index
 from p2p_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD, jpeg_compress
 from p2p_cli.errors import P2PError
-from p2p_cli.io.config import build_config
+from p2p_cli.io.config import build_config, with_overrides
 from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig
+from p2p_cli.models.runs import load_run
 from p2p_cli.runtime.device import make_runtime
-from p2p_cli.workflows import robustness as R
 from tests.conftest import TINY_CONFIG
 from tests.test_cli_train import run_cli
 
@@ -29,11 +46,11 @@ EPS = 8 / 255
 
 
 def test_budgets_parse_fractions_and_reject_nonsense():
-    assert R.parse_budget("8/255", "eps") == pytest.approx(8 / 255)
-    assert R.parse_budget("0.5", "eps") == 0.5
+    assert parse_budget("8/255", "eps") == pytest.approx(8 / 255)
+    assert parse_budget("0.5", "eps") == 0.5
     for bad in ("abc", "2", "-1/255", "1/0"):
         with pytest.raises(P2PError, match="--eps"):
-            R.parse_budget(bad, "eps")
+            parse_budget(bad, "eps")
     cfg = build_config({"adv_eps": "4/255", "adversarial": "fgsm", "augment_jpeg": 0.5})
     assert cfg.adv_eps == pytest.approx(4 / 255) and cfg.adv_step == pytest.approx(10 / 255)
     with pytest.raises(P2PError, match="augment_jpeg"):
@@ -50,25 +67,56 @@ def test_success_criterion_on_hand_checkable_maps():
                          [[5.0, 1.0], [6.0, 1.0]],   # (1, 0) beats S -> moved
                          [[5.0, 5.0], [1.0, 1.0]],   # a tie is not a move
                          [[0.5, 0.2], [0.1, 0.7]]])  # every value lower, but (1, 1) beats S -> moved
-    assert R.explanation_moved(maps, region).tolist() == [False, True, False, True]
-    inside, outside = R.region_maxima(maps, region)
+    assert explanation_moved(maps, region).tolist() == [False, True, False, True]
+    inside, outside = region_maxima(maps, region)
     assert inside.tolist() == pytest.approx([5.0, 5.0, 5.0, 0.5]) and outside.tolist() == pytest.approx([1, 6, 5, 0.7])
     # Eq. 2: mean over S_noisy minus mean over S
-    assert R.stomach_objective(maps, region).tolist() == pytest.approx([1 - 5, 8 / 3 - 5, 7 / 3 - 5, 1 / 3 - 0.5])
+    assert stomach_objective(maps, region).tolist() == pytest.approx([1 - 5, 8 / 3 - 5, 7 / 3 - 5, 1 / 3 - 0.5])
     # a region covering every cell can never move
-    assert not R.explanation_moved(maps, torch.ones_like(region)).any()
+    assert not explanation_moved(maps, torch.ones_like(region)).any()
 
 
 def test_best_match_region_and_its_pixel_footprint():
     d = torch.full((1, 4, 4), 3.0)
     d[0, 1, 2] = 0.0  # the best match: one sharp cell
-    region = R.best_match_region(d, 64)
+    region = best_match_region(d, 64)
     assert region[0, 1, 2] and 1 <= int(region.sum()) <= 4  # the 95th-percentile box stays near it
     cells = torch.zeros(1, 2, 2, dtype=torch.bool)
     cells[0, 0, 1] = True
-    mask = R.region_pixel_mask(cells, 32)
+    mask = region_pixel_mask(cells, 32)
     assert mask.shape == (1, 1, 32, 32)
     assert mask[0, 0, :16, 16:].eq(1).all() and mask.sum() == 16 * 16
+
+
+def test_figure_boxes_are_cell_footprints():
+    cells = torch.zeros(4, 4, dtype=torch.bool)
+    cells[1, 2] = cells[2, 3] = True  # bounding rectangle: rows 1-2, columns 2-3
+    assert region_box(cells, 32) == [16, 8, 32, 24]
+    d = torch.full((4, 4), 2.0)
+    d[3, 0] = 0.5
+    assert best_cell_box(d, 30) == [0, 22, 8, 30]  # edges round(i * 30 / 4) = 0, 8, 15, 22, 30
+
+
+def test_random_starts_per_image_do_not_depend_on_the_batch():
+    clean = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(clean[:, :1])
+    mask[1, :, :4] = 0
+    together = random_start(clean, mask, EPS, [attempt_generator(0, k, 0) for k in (5, 6, 7)])
+    alone = random_start(clean[1:2], mask[1:2], EPS, [attempt_generator(0, 6, 0)])
+    assert torch.equal(together[1:2], alone)
+    assert (together - clean).abs().max() <= EPS + 1e-6 and ((together - clean) * (1 - mask)).abs().max() == 0
+    assert not torch.equal(together[0], together[2])
+
+
+def test_transfer_rates_by_hand():
+    t = torch.tensor([True, True, False, False])
+    s = torch.tensor([True, False, True, False])
+    e = transfer_entry(t, torch.tensor([False, False, False, True]), s, torch.zeros(4, dtype=torch.bool))
+    assert e == {"attacked": 4, "teacher_moved": 2, "student_moved_with_teacher": 1, "transfer_rate": 0.5,
+                 "student_moved": 0.5, "student_moved_random": 0.0, "teacher_moved_random": 0.25}
+    never = torch.zeros(4, dtype=torch.bool)
+    none = transfer_entry(never, never, s, s)  # the teacher never moved
+    assert none["teacher_moved"] == 0 and none["transfer_rate"] is None
 
 
 def test_jpeg_helpers_are_deterministic():
@@ -83,12 +131,12 @@ def test_jpeg_statistics_by_hand():
     rng = np.random.default_rng(0)
     sims = rng.random((5, 8))
     loc = rng.integers(0, 4, (5, 8))
-    same = R.jpeg_statistics(sims, sims, loc, loc, 3)
+    same = jpeg_statistics(sims, sims, loc, loc, 3)
     assert np.allclose(same["rho"], 1) and not same["topk_changed"].any() and np.allclose(same["topk_overlap"], 1)
-    flipped = R.jpeg_statistics(sims, -sims, loc, loc, 3)
+    flipped = jpeg_statistics(sims, -sims, loc, loc, 3)
     assert np.allclose(flipped["rho"], -1) and flipped["topk_changed"].all() and flipped["top1_changed"].all()
     other = rng.random((5, 8))
-    rho = R.spearman_rows(sims, other)
+    rho = spearman_rows(sims, other)
     assert np.allclose(rho, [spearmanr(sims[i], other[i]).statistic for i in range(5)])
 
 
@@ -98,8 +146,8 @@ def test_fgsm_examples_stay_in_the_normalised_eps_ball():
                                       feature_stride=16))
     rt = make_runtime("cpu", "fp32", channels_last=False)
     pixels = torch.rand(4, 3, 32, 32)
-    x = R.normalize_pixels(pixels)
-    adv = R.fgsm_examples(model, x, torch.tensor([0, 1, 2, 0]), rt, eps=EPS, step=10 / 255)
+    x = normalize_pixels(pixels)
+    adv = fgsm_examples(model, x, torch.tensor([0, 1, 2, 0]), rt, eps=EPS, step=10 / 255)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     back = adv * std + mean  # pixel space
@@ -126,26 +174,26 @@ def workdir(tmp_path_factory):
 
 def test_attacked_images_stay_in_the_eps_ball_and_success_is_recomputable(workdir):
     rt = make_runtime("cpu", "fp32", channels_last=False)
-    subject = R.load_subject("t", workdir, rt)
-    cfg = R.reference_config([subject], None, None)
-    index = R.load_dataset_index(cfg)
-    ds = R.raw_test_set(index, subject.image_size, subject.crop_bbox)
-    clean = R.to_pixels(torch.stack([ds[i][0] for i in range(len(ds))]))
+    subject = load_run("t", workdir).to(rt.device, channels_last=rt.channels_last, frozen=True)
+    cfg = with_overrides(subject.config)
+    index = load_dataset_index(cfg)
+    ds = raw_test_set(index, subject.image_size, subject.crop_bbox)
+    clean = to_pixels(torch.stack([ds[i][0] for i in range(len(ds))]))
     for region in ("target", "image"):
-        settings = R.AttackSettings(iters=4, top_k=2, region=region)
-        batch = R.head_on_stomach(subject.model, clean, rt, settings)
+        settings = AttackSettings(iters=4, top_k=2, region=region)
+        batch = head_on_stomach(subject.model, clean, rt, settings)
         delta = batch.adv - clean
         assert delta.abs().max() <= EPS + 1e-6, "left the eps ball"
         assert batch.adv.min() >= 0 and batch.adv.max() <= 1
         assert (delta * (1 - batch.mask)).abs().max() == 0, "perturbed outside the allowed pixels"
         if region == "target":  # the original best match's own pixels stay untouched
-            s_pixels = R.region_pixel_mask(batch.region, clean.shape[-1])
+            s_pixels = region_pixel_mask(batch.region, clean.shape[-1])
             assert (delta * s_pixels).abs().max() == 0
         # success is exactly the paper's criterion, recomputed from scratch on the perturbed images
         with torch.no_grad():
-            out = R.forward_pixels(subject.model, batch.adv, rt)
+            out = forward_pixels(subject.model, batch.adv, rt)
         sims = torch.log((out.distances + 1) / (out.distances + 1e-4))[torch.arange(len(clean)), batch.prototype]
-        assert torch.equal(R.explanation_moved(sims, batch.region), batch.success)
+        assert torch.equal(explanation_moved(sims, batch.region), batch.success)
         assert torch.equal(batch.success, batch.sim_new > batch.sim_inside_adv)
         assert (batch.attempts[batch.success] == batch.rank[batch.success] + 1).all()
 

@@ -3,9 +3,13 @@ inside the forward pass, so budgets such as ε = 8/255 are in pixel units."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from p2p_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from p2p_cli.errors import P2PError
+from p2p_cli.io.config import parse_number
 from p2p_cli.models.protopnet import ProtoOutput, ProtoPNet
 from p2p_cli.runtime.device import Runtime
 
@@ -34,3 +38,14 @@ def forward_pixels(model: ProtoPNet, pixels: torch.Tensor, rt: Runtime) -> Proto
 def to_pixels(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 3, S, S) → float32 [0, 1]."""
     return images.float() / 255.0
+
+
+def parse_budget(value: str | float, name: str) -> float:
+    """``"8/255"``, ``"0.03"`` or a float → a pixel budget in [0, 1]; a one-line P2PError otherwise."""
+    try:
+        out = parse_number(value) if isinstance(value, str) else float(value)
+    except ValueError:
+        raise P2PError(f"--{name} expects a number or a fraction such as 8/255, got '{value}'") from None
+    if not 0.0 <= out <= 1.0 or math.isnan(out):
+        raise P2PError(f"--{name} is in [0, 1] pixel units (e.g. 8/255), got {value}")
+    return out

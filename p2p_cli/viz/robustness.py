@@ -9,14 +9,14 @@
   prototype's similarity on the clean vs the compressed image, Spearman's ρ of all prototype
   similarities, and the overlap of the top-k sets.
 
-Inputs are plain arrays (the engine computes them); outputs are PNG bytes.
+Inputs are plain arrays (:class:`FigureExample`, filled by the attacks); outputs are PNG bytes.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,6 +26,29 @@ BOX_COLOR = (255, 230, 0)  # the 95th-percentile box (the paper's yellow rectang
 S_COLOR = (255, 255, 255)  # S: the cells of the original best match (dashed)
 CELL_COLOR = (60, 255, 60)  # the best-matching cell after the attack
 SOURCE_COLOR = (0, 230, 255)
+
+
+@dataclass
+class FigureExample:
+    """Arrays for one before/after figure row of :func:`stomach_figure`. Boxes are pixel
+    ``[x0, y0, x1, y1]`` on the model's S × S input."""
+
+    title: str
+    clean: np.ndarray  # uint8 (S, S, 3)
+    adv: np.ndarray  # uint8 (S, S, 3)
+    heat_clean: np.ndarray  # float32 (S, S) upsampled similarity of the prototype on x
+    heat_adv: np.ndarray  # float32 (S, S) on x + δ
+    box_clean: list[int]  # 95th-percentile box on x
+    box_adv: list[int]  # the same on x + δ
+    region_box: list[int]  # pixel footprint of S (the cells of the original best match)
+    cell_adv: list[int]  # pixel footprint of the best-matching cell on x + δ (outside S on success)
+    perturbation: np.ndarray  # float32 (S, S, 3) δ in pixel units
+    eps: float
+    sim_clean: float  # max_S g(x)
+    sim_adv: float  # max_{A∖S} g(x + δ)
+    sim_inside_adv: float  # max_S g(x + δ)
+    source: np.ndarray | None = None  # uint8 (S', S', 3): the prototype's source image
+    source_box: list[int] | None = None  # its activation box
 
 
 def _figure(width: float, height: float):
@@ -68,8 +91,8 @@ def _scaled(box: Sequence[float], factor: int) -> list[float]:
     return [float(v) * factor for v in box]
 
 
-def stomach_figure(examples: Sequence[Any], *, title: str) -> bytes:
-    """One row per example (:class:`p2p_cli.workflows.robustness.FigureExample`): source, before, after, δ.
+def stomach_figure(examples: Sequence[FigureExample], *, title: str) -> bytes:
+    """One row per example (:class:`FigureExample`): source, before, after, δ.
 
     Inputs smaller than 200 px are enlarged (nearest neighbour) so that the boxes stay thin."""
     if not examples:
