@@ -1,6 +1,6 @@
 """Cost of a full ``p2p evaluate`` (2 models, acc + AAP + AJS + PMS) relative to the bare forward passes.
 
-SPEC §11 target: ≤ 1.2×. Two runs are written into a temporary workdir — a ResNet-34 teacher and
+Target: ≤ 1.2×. Two runs are written into a temporary workdir — a ResNet-34 teacher and
 a ResNet-18 student (random weights: the cost does not depend on them), both at the quickstart
 settings (synthetic test split: 10 classes × 40 images at 112 px, feature stride 16 → 7×7 grid,
 D = 64, 10 prototypes per class, precision ``auto`` — bf16 autocast where the CPU has it natively,
