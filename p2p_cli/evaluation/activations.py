@@ -115,7 +115,6 @@ class PassJob:
     parts: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
 
-
 def stability_noise(indices: torch.Tensor, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """Per-image Gaussian noise (std :data:`NOISE_STD`, clipped to ±:data:`NOISE_CLIP`), seeded by
     ``(seed, image index)`` so it does not depend on batching: ``(B, 3, S, S)`` float32."""
@@ -158,7 +157,6 @@ def _one_thread(rt: Runtime) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
-
 
 
 @torch.inference_mode()
@@ -220,7 +218,6 @@ def compute_activations(jobs: Sequence[PassJob], batches: Iterable[Batch], rt: R
                 del out
         if progress is not None:
             progress(len(idx))
-
 
 
 def concat_parts(chunks: list[list[np.ndarray]]) -> PartArgmax:

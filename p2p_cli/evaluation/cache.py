@@ -137,8 +137,6 @@ def activations_from_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, A
                        tensors["logits"].numpy(), tuple(meta["grid"]), int(meta["image_size"]))  # type: ignore[arg-type]
 
 
-
-
 def save_activations(folder: Path, rows: Sequence[LoadedRun], acts: dict[str, Activations],
                      clean: dict[str, PartArgmax], noisy: dict[str, PartArgmax], index: DatasetIndex, split: str,
                      noise_seed: int) -> None:

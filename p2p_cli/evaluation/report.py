@@ -61,6 +61,9 @@ def _finite(x: float | None) -> float | None:
 
 def _pms_entry(acts_t: Activations, acts_s: Activations, cache: ActivationCache | None, cache_name: str | None
                ) -> dict[str, Any]:
+    """PMS of ``acts_s`` against the teacher's ``acts_t`` (argmins ``(N, mT)``, ``(N, mS)``) as
+    the JSON entry ``{score, per_k, m_values, num_matched, ...}``, read from or stored in the
+    cache as ``cache_name`` when given."""
     if cache is not None and cache_name:
         hit = cache.load_json(cache_name)
         if hit is not None and {"score", "per_k", "m_values", "num_matched"} <= hit.keys():

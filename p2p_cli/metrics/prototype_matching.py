@@ -46,7 +46,6 @@ def pms_thresholds(n_images: int) -> list[int]:
     return caps if caps else [n_images]
 
 
-
 @dataclass
 class PMSResult:
     """Outcome of :func:`pms`.
