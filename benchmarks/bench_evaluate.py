@@ -1,6 +1,6 @@
 """Cost of a full ``p2p evaluate`` (2 models, acc + AAP + AJS + PMS) relative to the bare forward passes.
 
-SPEC §11 target: ≤ 1.2×. Two runs are written into a temporary workdir — a ResNet-34 teacher and
+Target: ≤ 1.2×. Two runs are written into a temporary workdir — a ResNet-34 teacher and
 a ResNet-18 student (random weights: the cost does not depend on them), both at the quickstart
 settings (synthetic test split: 10 classes × 40 images at 112 px, feature stride 16 → 7×7 grid,
 D = 64, 10 prototypes per class, precision ``auto`` — bf16 autocast where the CPU has it natively,
@@ -40,13 +40,14 @@ import torch  # noqa: E402
 from p2p_cli.data.datasets import ImageDataset  # noqa: E402
 from p2p_cli.data.loaders import load_dataset_index  # noqa: E402
 from p2p_cli.data.transforms import eval_transform  # noqa: E402
+from p2p_cli.evaluation.options import EvalOptions  # noqa: E402
 from p2p_cli.io.checkpoint import weights_hash  # noqa: E402
 from p2p_cli.io.config import build_config  # noqa: E402
 from p2p_cli.io.rundir import RunDir  # noqa: E402
 from p2p_cli.models.factory import save_model  # noqa: E402
 from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig  # noqa: E402
 from p2p_cli.runtime.device import make_runtime  # noqa: E402
-from p2p_cli.workflows.evaluate import EvalOptions, evaluate_models  # noqa: E402
+from p2p_cli.workflows.evaluate import evaluate_models  # noqa: E402
 from p2p_cli.workflows.train_teacher import write_run_config  # noqa: E402
 
 

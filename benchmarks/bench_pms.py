@@ -1,4 +1,5 @@
-"""Benchmark PMS at the SPEC §11 size: N = 8041 images, m = 1960 prototypes, 7×7 grid.
+"""Benchmark PMS at the Stanford Cars test-set size: N = 8041 images, m = 1960 prototypes (196
+classes × 10), 7×7 grid.
 
 Each model's argmins are drawn uniformly from its own random subset of ``--used`` of the
 grid's locations (fixed seed). Prints plain ``key: value`` lines: wall time, the split between
@@ -22,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from p2p_cli.metrics.transfer import pms  # noqa: E402
+from p2p_cli.metrics.prototype_matching import pms  # noqa: E402
 
 
 def _status_mb(key: str) -> float | None:

@@ -17,26 +17,23 @@ from safetensors import safe_open
 
 from p2p_cli.cli.common import expand_variadic
 from p2p_cli.errors import P2PError
-from p2p_cli.io.checkpoint import weights_hash
-from p2p_cli.metrics.parts import HALF_SIDE_FRAC
-from p2p_cli.metrics.transfer import pms
-from p2p_cli.models.factory import load_model, save_model
-from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig
-from p2p_cli.runtime.device import Runtime
-from p2p_cli.workflows.evaluate import (
+from p2p_cli.evaluation.activations import (
     NOISE_CLIP,
     Activations,
     PartArgmax,
-    _Job,
-    _noise,
+    PassJob,
     compute_activations,
-    headline_tau,
-    metric_report,
-    parse_metrics,
-    parse_taus,
-    part_scores,
-    tau_key,
+    concat_parts,
+    stability_noise,
 )
+from p2p_cli.evaluation.options import parse_metrics, parse_taus, tau_key
+from p2p_cli.evaluation.report import add_deltas, headline_tau, metric_report, part_scores
+from p2p_cli.io.checkpoint import weights_hash
+from p2p_cli.metrics.parts import HALF_SIDE_FRAC
+from p2p_cli.metrics.prototype_matching import pms
+from p2p_cli.models.factory import load_model, save_model
+from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig
+from p2p_cli.runtime.device import Runtime
 from tests.conftest import TINY_CONFIG
 from tests.test_cli_train import run_cli
 
@@ -163,9 +160,7 @@ def test_grid_mismatch_gives_none_and_a_note_and_deltas_use_the_baseline():
     assert rep["models"]["O"]["ajs"] == {"1": None} and rep["models"]["O"]["pms"] is None
     assert rep["models"]["O"]["aap"] == {"1": 2.0}
     assert any("'O' has a 3×3 grid" in n for n in notes)
-    from p2p_cli.workflows.evaluate import _add_deltas
-
-    _add_deltas(rep, "B")
+    add_deltas(rep, "B")
     assert rep["models"]["S"]["delta"]["ajs"]["1"] == pytest.approx(1.0 - 1 / 3)
     assert "delta" not in rep["models"]["T"] and "delta" not in rep["models"]["B"]
     assert rep["models"]["O"]["delta"]["ajs"]["1"] is None
@@ -175,7 +170,7 @@ def test_files_fingerprint_changes_with_the_files(tmp_path):
     import os
 
     from p2p_cli.data.datasets import Sample
-    from p2p_cli.workflows.evaluate import files_fingerprint
+    from p2p_cli.evaluation.cache import files_fingerprint
 
     paths = [tmp_path / f"{i}.png" for i in range(3)]
     for p in paths:
@@ -219,12 +214,12 @@ def test_part_scores_against_a_direct_computation():
 
 
 def test_noise_is_seeded_per_image_and_clipped():
-    a = _noise(torch.tensor([3, 7]), (3, 8, 8), seed=5)
-    b = _noise(torch.tensor([7]), (3, 8, 8), seed=5)
+    a = stability_noise(torch.tensor([3, 7]), (3, 8, 8), seed=5)
+    b = stability_noise(torch.tensor([7]), (3, 8, 8), seed=5)
     assert torch.equal(a[1], b[0])  # independent of the batch it is in
     assert not torch.equal(a[0], a[1])
-    assert not torch.equal(_noise(torch.tensor([7]), (3, 8, 8), seed=6), b)
-    big = _noise(torch.arange(50), (3, 16, 16), seed=0)
+    assert not torch.equal(stability_noise(torch.tensor([7]), (3, 8, 8), seed=6), b)
+    big = stability_noise(torch.arange(50), (3, 16, 16), seed=0)
     assert big.abs().max() <= NOISE_CLIP and 0.15 < float(big.std()) < 0.2
 
 
@@ -246,7 +241,7 @@ def test_image_batches_decode_in_order_like_load_image(tmp_path):
     from PIL import Image
 
     from p2p_cli.data.datasets import Sample, load_image
-    from p2p_cli.workflows.evaluate import image_batches
+    from p2p_cli.evaluation.images import image_batches
 
     rng = np.random.default_rng(0)
     samples = []
@@ -270,7 +265,7 @@ def test_evaluation_pass_matches_a_direct_forward_and_does_not_depend_on_batchin
     ds = _Images(7, 32, 3)
     runs = []
     for batch in (2, 7):
-        job = _Job(model, 7, base=True, clean=True, noisy=True)
+        job = PassJob(model, 7, base=True, clean=True, noisy=True)
         compute_activations([job], ds.batches(batch), CPU, n_images=7, image_size=32, noise_seed=1)
         runs.append(job)
     a, b = runs
@@ -286,10 +281,8 @@ def test_evaluation_pass_matches_a_direct_forward_and_does_not_depend_on_batchin
     np.testing.assert_allclose(a.logits, out.logits.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(a.labels, ds.labels.numpy())
     assert a.grid == (2, 2) and a.argmin.dtype == np.int32 and a.min_dist.dtype == np.float32
-    from p2p_cli.workflows.evaluate import _concat_parts
-
-    ca, cb = _concat_parts(a.parts["clean"]), _concat_parts(b.parts["clean"])
-    na, nb = _concat_parts(a.parts["noisy"]), _concat_parts(b.parts["noisy"])
+    ca, cb = concat_parts(a.parts["clean"]), concat_parts(b.parts["clean"])
+    na, nb = concat_parts(a.parts["noisy"]), concat_parts(b.parts["noisy"])
     np.testing.assert_array_equal(ca.xy, cb.xy)
     np.testing.assert_array_equal(na.xy, nb.xy)
     # one row per (prototype, own-class image): 2 prototypes per class, every image once per own prototype
@@ -380,7 +373,7 @@ def test_evaluate_table_json_and_saved_activations(work, capsys):
         assert tensors["min_dist"].dtype == torch.float32 and tensors["logits"].shape == (9, 3)
         assert json.loads(meta["grid"]) == [2, 2] and meta["format"] == "p2p-activations"
     _check_against_direct_forward(work, acts_dir / "s.safetensors")
-    from p2p_cli.workflows.evaluate import load_activations
+    from p2p_cli.evaluation.cache import load_activations
 
     act, meta = load_activations(acts_dir / "s.safetensors")
     assert act.grid == (2, 2) and meta["model"] == "s" and meta["num_images"] == 9

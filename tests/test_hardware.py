@@ -10,7 +10,7 @@ import torch
 
 from p2p_cli.cli import app as cli_app
 from p2p_cli.errors import P2PError, P2PWarning
-from p2p_cli.metrics import transfer
+from p2p_cli.metrics import cooccurrence_gemm
 from p2p_cli.runtime import hardware
 from p2p_cli.runtime.device import resolve_precision
 
@@ -72,20 +72,20 @@ def test_precision_errors():
 
 def test_pms_backend_auto_avoids_emulated_int8(cpu_caps, monkeypatch):
     chosen: list[str] = []
-    real = transfer._cooccurrence_gemm
+    real = cooccurrence_gemm._cooccurrence_gemm
 
     def spy(code_t, code_s, n_shared, backend):
         chosen.append(backend)
         return real(code_t, code_s, n_shared, backend)
 
-    monkeypatch.setattr(transfer, "_cooccurrence_gemm", spy)
+    monkeypatch.setattr(cooccurrence_gemm, "_cooccurrence_gemm", spy)
     rng = np.random.default_rng(0)
     a, b = rng.integers(0, 4, (30, 5)), rng.integers(0, 4, (30, 6))
     cpu_caps(AVX2_ONLY)
-    slow = transfer.cooccurrence(a, b, 4)
+    slow = cooccurrence_gemm.cooccurrence(a, b, 4)
     assert chosen == ["fp32"]
     cpu_caps(AMX)
-    fast = transfer.cooccurrence(a, b, 4)
+    fast = cooccurrence_gemm.cooccurrence(a, b, 4)
     assert chosen[1] == ("int8" if hasattr(torch, "_int_mm") else "fp32")
     expected = (a[:, :, None] == b[:, None, :]).sum(axis=0)
     assert np.array_equal(slow, expected) and np.array_equal(fast, expected)

@@ -12,15 +12,9 @@ from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 
 from p2p_cli.errors import P2PError
-from p2p_cli.metrics.transfer import (
-    aap,
-    active_mask,
-    ajs,
-    cooccurrence,
-    pms,
-    pms_from_cooccurrence,
-    pms_thresholds,
-)
+from p2p_cli.metrics.active_patches import aap, active_mask, ajs
+from p2p_cli.metrics.cooccurrence_gemm import cooccurrence
+from p2p_cli.metrics.prototype_matching import pms, pms_from_cooccurrence, pms_thresholds
 
 # A backend falling back to fp32 (its result failed the exactness check) must fail the tests.
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
@@ -55,7 +49,7 @@ def ref_ajs(at, dt, as_, ds, tau, both_empty):
 
 
 def ref_caps(n_images):
-    """The public code's ``range(int(0.1N), N, int(0.1N))``, with SPEC's tiny-N rule."""
+    """The public code's ``range(int(0.1N), N, int(0.1N))``, with the tiny-N rule of ``pms_thresholds``."""
     step = max(1, int(0.1 * n_images))
     caps = list(range(step, n_images, step))
     return caps or [n_images]
@@ -201,9 +195,9 @@ def test_cooccurrence_single_prototype_shapes(backend, m_t, m_s):
 
 
 def test_inexact_backend_is_detected_and_recomputed(monkeypatch):
-    import p2p_cli.metrics.transfer as transfer
+    import p2p_cli.metrics.cooccurrence_gemm as gemm
 
-    real = transfer._cooccurrence_gemm
+    real = gemm._cooccurrence_gemm
 
     def corrupt(code_t, code_s, n_shared, backend):
         out = real(code_t, code_s, n_shared, backend)
@@ -212,21 +206,21 @@ def test_inexact_backend_is_detected_and_recomputed(monkeypatch):
             out[0, 0] += 1
         return out
 
-    monkeypatch.setattr(transfer, "_cooccurrence_gemm", corrupt)
+    monkeypatch.setattr(gemm, "_cooccurrence_gemm", corrupt)
     at = np.array([[0, 1], [1, 1], [0, 0]])
     with pytest.warns(RuntimeWarning, match="recomputing in fp32"):
-        got = transfer.cooccurrence(at, at, 2, backend="int8")
+        got = gemm.cooccurrence(at, at, 2, backend="int8")
     np.testing.assert_array_equal(got, brute_cooccurrence(at, at))
 
 
 def test_cooccurrence_many_chunks(monkeypatch):
-    import p2p_cli.metrics.transfer as transfer
+    import p2p_cli.metrics.cooccurrence_gemm as gemm
 
-    monkeypatch.setattr(transfer, "_TARGET_K", 7)  # forces tiny chunks, ragged last chunk
+    monkeypatch.setattr(gemm, "_TARGET_K", 7)  # forces tiny chunks, ragged last chunk
     rng = np.random.default_rng(5)
     at = rng.integers(0, 9, (53, 6))
     as_ = rng.integers(0, 9, (53, 5))
-    np.testing.assert_array_equal(transfer.cooccurrence(at, as_, 9), brute_cooccurrence(at, as_))
+    np.testing.assert_array_equal(gemm.cooccurrence(at, as_, 9), brute_cooccurrence(at, as_))
 
 
 def test_cooccurrence_disjoint_locations_is_zero():

@@ -1,11 +1,12 @@
-"""Classification and explanation-compactness metrics (SPEC §6).
+"""Classification and explanation-compactness metrics.
 
 * :func:`accuracy`, :func:`per_class_accuracy`, :func:`confusion_matrix` — top-1, as fractions
   in ``[0, 1]``.
-* :func:`explanation_size` — how many prototypes an explanation needs (SPEC §6 "beyond the
-  paper": "prototypes that matter per image").
+* :func:`explanation_size` — how many prototypes an explanation needs: the prototypes that
+  matter per image (a measure beyond the Proto2Proto paper).
 * :func:`last_layer_sparsity` — how close the last layer is to ProtoPNet's ideal of zero
-  off-class connections (the L1 term of SPEC §3 drives those weights to 0).
+  off-class connections (the L1 term of ProtoPNet's last-layer optimisation, Chen et al.,
+  NeurIPS 2019, drives those weights to 0).
 
 All inputs are numpy arrays (or anything ``np.asarray`` accepts, e.g. CPU tensors).
 """
@@ -167,9 +168,10 @@ def last_layer_sparsity(weight: object, class_identity: object, atol: float = 1e
     """Fraction of *off-class* last-layer weights that are (near) zero.
 
     Off-class entries are ``W[k, j]`` with ``class_identity[j, k] == 0`` — the connections the
-    L1 term of SPEC §3 pushes to 0. The result is ``#{off-class |W[k, j]| <= atol} /
-    #{off-class}``, in ``[0, 1]`` (1 = perfectly class-sparse). After ProtoPShare a prototype
-    may serve several classes; all of them count as own-class. If there is no off-class
+    L1 term of ProtoPNet's last-layer optimisation (Chen et al., NeurIPS 2019) pushes to 0.
+    The result is ``#{off-class |W[k, j]| <= atol} / #{off-class}``, in ``[0, 1]`` (1 =
+    perfectly class-sparse). After ProtoPShare (Rymarczyk et al., KDD 2021) a prototype may
+    serve several classes; all of them count as own-class. If there is no off-class
     entry at all (e.g. K = 1), the layer is vacuously sparse: 1.0.
 
     Args:

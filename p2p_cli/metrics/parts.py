@@ -1,4 +1,4 @@
-"""Part-based prototype metrics: consistency and stability (SPEC §6, "beyond the paper").
+"""Part-based prototype metrics beyond the Proto2Proto paper: consistency and stability.
 
 Definitions follow Huang et al., "Evaluation and Improvement of Interpretability for
 Self-Explainable Part-Prototype Networks" (ICCV 2023), as their public evaluation code
