@@ -15,8 +15,8 @@ from p2p_cli.io.config import TrainConfig, config_from_dict
 from p2p_cli.models.factory import load_model
 from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig, log_similarity
 from p2p_cli.runtime.device import Runtime
+from p2p_cli.training.last_layer import fit_last_layer
 from p2p_cli.training.push import push_prototypes
-from p2p_cli.training.trainer import fit_last_layer
 from p2p_cli.workflows.prune import (
     knn_keep,
     last_layer_optimizer,

@@ -49,10 +49,12 @@ from p2p_cli.models.protopnet import ProtoPNet, log_similarity
 from p2p_cli.runtime.device import Runtime
 from p2p_cli.runtime.reporter import Reporter
 from p2p_cli.runtime.seeding import seed_everything, set_deterministic
-from p2p_cli.training import schedule as S
-from p2p_cli.training.objectives import ProtoPNetObjective
-from p2p_cli.training.trainer import Trainer, fit_last_layer, min_distance_pass
-from p2p_cli.workflows.train_teacher import open_run, write_run_config
+from p2p_cli.training.last_layer import fit_last_layer
+from p2p_cli.training.objectives import TaskObjective
+from p2p_cli.training.passes import min_distance_pass
+from p2p_cli.training.schedule import Step
+from p2p_cli.training.trainer import Adversary, Trainer
+from p2p_cli.workflows.runs import open_run, training_adversary, write_run_config
 
 METHODS = ("protopshare", "knn")
 # metadata keys save_model writes itself; everything else of the source's metadata is carried over
@@ -180,8 +182,11 @@ def last_layer_optimizer(model: ProtoPNet, cfg: TrainConfig) -> torch.optim.Adam
 
 # -- the loop ----------------------------------------------------------------------------------
 def prune_model(model: ProtoPNet, data: DataBundle, cfg: TrainConfig, opts: PruneOptions, rt: Runtime,
-                reporter: Reporter) -> PruneResult:
-    """Prune ``model`` (not modified) with ``opts`` on ``data``; returns the new model and records."""
+                reporter: Reporter, *, adversary: Adversary | None = None) -> PruneResult:
+    """Prune ``model`` (not modified) with ``opts`` on ``data``; returns the new model and records.
+
+    ``adversary``: the training-time adversary of ``cfg`` for ``feature_epochs`` (see
+    :class:`~p2p_cli.training.trainer.Trainer`)."""
     t0 = time.perf_counter()
     m0 = model.num_prototypes
     epochs = cfg.last_layer_epochs if opts.fine_tune_epochs is None else opts.fine_tune_epochs
@@ -236,7 +241,7 @@ def prune_model(model: ProtoPNet, data: DataBundle, cfg: TrainConfig, opts: Prun
             row: dict[str, Any] = {"round": index, "stage": "merge", "prototypes": model.num_prototypes,
                                    "merged": count, "threshold": threshold}
             if opts.feature_epochs:
-                trainer = _feature_tuning(model, data, cfg, opts.feature_epochs, index, rt, reporter)
+                trainer = _feature_tuning(model, data, cfg, opts.feature_epochs, index, rt, reporter, adversary)
                 provenance = trainer.state.prototypes
                 train_d, train_y = min_distance_pass(model, data.push, cfg, rt, reporter, "profiles")
                 test_d, test_y = min_distance_pass(model, data.test, cfg, rt, reporter, "test")
@@ -257,17 +262,17 @@ def prune_model(model: ProtoPNet, data: DataBundle, cfg: TrainConfig, opts: Prun
 
 
 def _feature_tuning(model: ProtoPNet, data: DataBundle, cfg: TrainConfig, epochs: int, round_index: int,
-                    rt: Runtime, reporter: Reporter) -> Trainer:
+                    rt: Runtime, reporter: Reporter, adversary: Adversary | None) -> Trainer:
     """Optional per-round tuning of add-on and prototypes (backbone frozen; ProtoPNet loss on the
     augmented training set), then a push so the prototypes are training patches again. A new
     Trainer per round: its optimizers are created on the merged model's parameters."""
     tune_cfg = dataclasses.replace(cfg, warm_train_backbone=False, epochs=epochs, warm_epochs=epochs)
-    trainer = Trainer(tune_cfg, model, ProtoPNetObjective(tune_cfg), data, rt, None, reporter)
+    trainer = Trainer(tune_cfg, model, TaskObjective(tune_cfg), data, rt, None, reporter, adversary=adversary)
     base = 1_000 * round_index
     for e in range(epochs):
         seed_everything(cfg.seed * 100_003 + base + e)
-        trainer._train_epoch(S.Step("epoch", "warm", e), base + e)
-    trainer._push(S.Step("push", "push", epochs - 1))
+        trainer.train_epoch(Step("epoch", "warm", e), base + e)
+    trainer.push(Step("push", "push", epochs - 1))
     model.eval()
     return trainer
 
@@ -330,7 +335,7 @@ def prune(ref: str, *, workdir: Path, name: str | None, opts: PruneOptions, rt: 
         model.backbone.to(memory_format=torch.channels_last)
     reporter.info(f"[bold]prune[/] {source.name} → {name}: {opts.method}, {model.num_prototypes} prototypes"
                   + (f" → {opts.target}" if opts.target else "") + f", device {rt.device}")
-    result = prune_model(model, data, cfg, opts, rt, reporter)
+    result = prune_model(model, data, cfg, opts, rt, reporter, adversary=training_adversary(cfg, rt))
     run = open_run(workdir, name, rt, overwrite=overwrite, resume=False)  # created only once there is a result
     record = {"source": {"name": source.name, "path": str(source.path.resolve()), "weights_hash": source_hash},
               "method": opts.method, "target": opts.target if opts.method == "protopshare" else None,
