@@ -14,15 +14,12 @@ from p2p_cli.data.loaders import build_datasets
 from p2p_cli.io.config import TrainConfig, config_from_dict
 from p2p_cli.models.factory import load_model
 from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig, log_similarity
+from p2p_cli.pruning.knn import knn_keep
+from p2p_cli.pruning.loop import last_layer_optimizer
+from p2p_cli.pruning.protopshare import plan_merges, profile_dissimilarity
 from p2p_cli.runtime.device import Runtime
 from p2p_cli.training.last_layer import fit_last_layer
 from p2p_cli.training.push import push_prototypes
-from p2p_cli.workflows.prune import (
-    knn_keep,
-    last_layer_optimizer,
-    plan_merges,
-    profile_dissimilarity,
-)
 from tests.test_cli_train import run_cli
 
 CPU = Runtime(device=torch.device("cpu"), amp_dtype=None, channels_last=False)
