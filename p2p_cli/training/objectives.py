@@ -27,8 +27,6 @@ def task_terms(model: nn.Module, out: ProtoOutput, labels: torch.Tensor, cfg: Tr
 class TaskObjective:
     """The architecture's own loss (:func:`task_terms`) in the warm and joint stages."""
 
-    name = "task"
-
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
 
