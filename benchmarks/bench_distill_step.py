@@ -21,8 +21,8 @@ from p2p_cli.io.config import build_config
 from p2p_cli.losses.registry import get_method
 from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig
 from p2p_cli.runtime.device import Runtime, resolve_precision
-from p2p_cli.training.objectives import ppnet_terms
-from p2p_cli.workflows.distill import DistillObjective
+from p2p_cli.training.distillation import DistillObjective
+from p2p_cli.training.objectives import task_terms
 
 
 def main() -> None:
@@ -78,7 +78,7 @@ def main() -> None:
     def student_step():
         with rt.autocast():
             out = plain(images)
-        run(opts["student"], ppnet_terms(plain, out, labels, cfg)["total"])
+        run(opts["student"], task_terms(plain, out, labels, cfg)["total"])
 
     def distill_step():
         with rt.autocast():

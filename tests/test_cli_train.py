@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -52,21 +55,58 @@ def test_train_teacher_writes_a_complete_run(tmp_path, tiny_config, capsys):
     assert code == 2 and "already exists; pass --overwrite" in err and "Traceback" not in err
 
 
-def _subprocess(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "p2p_cli", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+def _subprocess(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "p2p_cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def snapshot_step(run: Path) -> int:
+    """Steps done according to the run's snapshot header (``snapshot.step``), -1 while there is none."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(run / "checkpoints" / "last.safetensors"), framework="pt") as fh:
+            return int(json.loads(fh.metadata()["snapshot"])["step"])
+    except (OSError, SafetensorError):
+        return -1
+
+
+def run_killed_after_snapshot(args: list[str], run: Path, step: int, timeout: float = 300) -> int:
+    """Start ``p2p ARGS`` and SIGKILL it as soon as its snapshot records ≥ ``step`` finished steps
+    (polled every 2 ms); returns the exit code. The test asserts the process did not end on its own."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([sys.executable, "-m", "p2p_cli", *args], stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + timeout
+        try:
+            while proc.poll() is None and time.monotonic() < deadline:
+                if snapshot_step(run) >= step:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    break
+                time.sleep(0.002)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        err.seek(0)
+        assert proc.returncode == -signal.SIGKILL, f"not killed (exit {proc.returncode}): {err.read().decode()}"
+    return proc.returncode
+
+
+def assert_killed_at_snapshot(args: list[str], run: Path, step: int, total: int) -> None:
+    """Run ``p2p ARGS`` into ``run``, SIGKILLed once the snapshot of step ``step`` (of ``total``)
+    exists: the run must be left unfinished, with a snapshot to resume from."""
+    assert run_killed_after_snapshot(args, run, step) == -signal.SIGKILL
+    assert not (run / "model.safetensors").exists()  # it did not finish: the resume has work to do
+    assert step <= snapshot_step(run) < total
 
 
 def assert_kill_and_resume_equals_uninterrupted(common: list[str], workdir: Path, full: str, cut: str) -> None:
-    """Run ``common`` to the end as ``full``; run it as ``cut`` killed (SIGKILL) in the 2nd batch of
-    step 2 (steps: 0 warm, 1 joint, 2 joint, 3 push, 4 last layer), then ``--resume`` it: the two
-    final models must be bit-identical."""
+    """Run ``common`` to the end as ``full``; run it as ``cut`` and SIGKILL it once the snapshot of
+    its first step exists (steps: 0 warm, 1 joint, 2 joint, 3 push, 4 last layer), then ``--resume``
+    it: the two final models must be bit-identical."""
     done = _subprocess([*common, "--name", full])
     assert done.returncode == 0, done.stderr
-    killed = _subprocess([*common, "--name", cut], {"P2P_TEST_KILL_AT": "2:1"})
-    assert killed.returncode == -9
-    assert not (workdir / cut / "model.safetensors").exists()
+    assert_killed_at_snapshot([*common, "--name", cut], workdir / cut, step=1, total=5)
     resumed = _subprocess([*common, "--name", cut, "--resume"])
     assert resumed.returncode == 0, resumed.stderr
     a, _ = load_tensors(workdir / full / "model.safetensors")

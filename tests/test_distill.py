@@ -36,8 +36,8 @@ def test_proto2proto_student_run_is_complete_and_the_teacher_stays_frozen(workdi
 
     def spy(*args, **kwargs):
         out = real_load(*args, **kwargs)
-        captured["model"] = out[1]
-        captured["before"] = {k: v.clone() for k, v in out[1].state_dict().items()}
+        captured["model"] = out.model
+        captured["before"] = {k: v.clone() for k, v in out.model.state_dict().items()}
         return out
 
     monkeypatch.setattr(distill_mod, "load_teacher", spy)

@@ -116,19 +116,17 @@ def test_prune_command_explains_that_trees_prune_themselves(teacher, work, capsy
 
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(teacher, work):
     """Leaves updated without gradients live in the snapshot too: a resumed tree is bit-identical."""
-    import os
     import subprocess
     import sys
 
     from p2p_cli.io.checkpoint import load_tensors
+    from tests.test_cli_train import assert_killed_at_snapshot
 
-    args = [sys.executable, "-m", "p2p_cli", "train-teacher", "--config", str(work / "tiny.yaml"),
-            "--workdir", str(work), "--name", "cut", "-q", *TREE]
-    # steps: 0 warm, 1 joint, 2 joint, 3 prune_tree, 4 push -> die in the 2nd batch of step 2
-    killed = subprocess.run(args, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "P2P_TEST_KILL_AT": "2:1"})
-    assert killed.returncode == -9
-    resumed = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=300)
+    args = ["train-teacher", "--config", str(work / "tiny.yaml"), "--workdir", str(work), "--name", "cut", "-q", *TREE]
+    # steps: 0 warm, 1 joint, 2 joint, 3 prune_tree, 4 push -> killed once step 0 is done
+    assert_killed_at_snapshot(args, work / "cut", step=1, total=5)
+    resumed = subprocess.run([sys.executable, "-m", "p2p_cli", *args, "--resume"], capture_output=True, text=True,
+                             timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     a, _ = load_tensors(teacher / "model.safetensors")
     b, _ = load_tensors(work / "cut" / "model.safetensors")

@@ -14,15 +14,12 @@ from p2p_cli.data.loaders import build_datasets
 from p2p_cli.io.config import TrainConfig, config_from_dict
 from p2p_cli.models.factory import load_model
 from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig, log_similarity
+from p2p_cli.pruning.knn import knn_keep
+from p2p_cli.pruning.loop import last_layer_optimizer
+from p2p_cli.pruning.protopshare import plan_merges, profile_dissimilarity
 from p2p_cli.runtime.device import Runtime
+from p2p_cli.training.last_layer import fit_last_layer
 from p2p_cli.training.push import push_prototypes
-from p2p_cli.training.trainer import fit_last_layer
-from p2p_cli.workflows.prune import (
-    knn_keep,
-    last_layer_optimizer,
-    plan_merges,
-    profile_dissimilarity,
-)
 from tests.test_cli_train import run_cli
 
 CPU = Runtime(device=torch.device("cpu"), amp_dtype=None, channels_last=False)
@@ -276,13 +273,13 @@ def test_knn_pruning_drops_prototypes_failing_the_neighbour_test(trained, capsys
     labels = torch.tensor([data.push[i][1] for i in range(len(data.push))])
     with torch.no_grad():
         profiles = src(images).min_distances
-    keep, _ = knn_keep(profiles, labels, src.class_identity, k=6, k_min=2)
+    _, counts = knn_keep(profiles, labels, src.class_identity, k=6, k_min=1)
+    # the strictest --knn-min that keeps a prototype: those with the most own-class neighbours survive
+    knn_min = max(1, int(counts.max()))
+    keep, _ = knn_keep(profiles, labels, src.class_identity, k=6, k_min=knn_min)
     expected_removed = [j for j in range(6) if not keep[j]]
-    code, out, err = run_cli(["prune", "--model", "t", "--method", "knn", "--knn-min", "2", "--name", "k",
+    code, out, err = run_cli(["prune", "--model", "t", "--method", "knn", "--knn-min", str(knn_min), "--name", "k",
                               "--workdir", str(trained), "--device", "cpu", "-q"], capsys)
-    if len(expected_removed) == 6:  # every prototype fails: a clear error, never an empty model
-        assert code == 2 and "would remove all 6 prototypes" in err
-        return
     assert code == 0, err
     run = trained / "k"
     rec = yaml.safe_load((run / "config.yaml").read_text())["pruning"]
@@ -292,6 +289,15 @@ def test_knn_pruning_drops_prototypes_failing_the_neighbour_test(trained, capsys
     protos = json.loads((run / "prototypes.json").read_text())["prototypes"]
     assert all(p["merged_from"] == [] for p in protos)
     assert [p["source_prototype"] for p in protos] == [j for j in range(6) if j not in expected_removed]
+
+
+def test_knn_pruning_that_would_remove_every_prototype_is_a_clear_error(trained, capsys):
+    # k = all 18 training images (6 per class): each single-class prototype has exactly 6 own-class
+    # neighbours, so --knn-min 7 fails every one of them
+    code, _, err = run_cli(["prune", "--model", "t", "--method", "knn", "--knn-k", "18", "--knn-min", "7",
+                            "--name", "none-left", "--workdir", str(trained), "--device", "cpu", "-q"], capsys)
+    assert code == 2 and "would remove all 6 prototypes" in err and "Traceback" not in err
+    assert not (trained / "none-left").exists()
 
 
 def test_feature_epochs_retrain_and_push_the_merged_prototypes(trained, capsys):

@@ -1,6 +1,6 @@
 """Loss functions on plain tensors: ProtoPNet, Proto2Proto and KD baselines, plus the method registry.
 
-This layer imports nothing from ``cli``, ``engine``, ``models``, ``metrics`` or ``data``.
+This layer imports nothing from ``cli``, ``workflows``, ``training``, ``models``, ``metrics`` or ``data``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Classic knowledge-distillation baselines for the paper's Table 5 (SPEC §5, ``--method``).
+"""Classic knowledge-distillation baselines for the paper's Table 5 (``--method``).
 
 - FitNets hint (Romero et al., ICLR 2015): a 1×1-conv regressor maps the student's add-on
   features to the teacher's, MSE against the teacher's.

@@ -1,4 +1,4 @@
-"""Proto2Proto interpretability-transfer losses (Keswani et al., CVPR 2022, §3; SPEC §5).
+"""Proto2Proto interpretability-transfer losses (Keswani et al., CVPR 2022, §3, Eq. 1-6).
 
 Plain-tensor functions; the teacher is frozen, so every teacher tensor is detached here and
 gradients reach only the student. Shapes:
@@ -82,7 +82,7 @@ def _usable(t: Tensor) -> Tensor:
 
 
 def ppc_loss(features_t: Tensor, features_s: Tensor, mask: Tensor) -> Tensor:
-    """Patch-Prototype Correspondence loss, Eq. 4 as fixed by SPEC §5 (the reference code's form).
+    """Patch-Prototype Correspondence loss, Eq. 4, normalised as the public Proto2Proto code does.
 
     ``L_ppc = Σ_{b,c,h,w} M·(ω^T − ω^S)² / (2·Σ_{b,h,w} M + 1)``.
 

@@ -1,4 +1,4 @@
-"""ProtoPNet training objective (Chen et al., NeurIPS 2019; SPEC §3).
+"""ProtoPNet training objective (Chen et al., NeurIPS 2019, §2.2).
 
 ``L_ppnet = CE + λ_clst·Clst + λ_sep·Sep + λ_l1·L1`` on plain tensors:
 

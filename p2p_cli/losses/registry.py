@@ -5,13 +5,13 @@ A *method* says which model outputs it needs and turns them into transfer-loss t
     method = get_method("proto2proto")          # a fresh instance per run
     extra = method.make_modules(d_student, d_teacher)   # nn.ModuleDict; train + save it
     terms = method.compute(teacher_out, student_out, cfg)
-    loss = ppnet_total + terms["transfer"]       # the engine adds L_ppnet (Eq. 6)
+    loss = ppnet_total + terms["transfer"]       # the trainer adds L_ppnet (Eq. 6)
 
 ``teacher_out`` / ``student_out`` are dicts with (a subset of) the keys ``"logits"`` (B, K),
 ``"min_distances"`` (B, m), ``"distances"`` (B, m, H, W), ``"features"`` (B, D, H, W) and
 ``"prototypes"`` (m, D) or (m, D, 1, 1). ``teacher_keys`` / ``student_keys`` list what a
 method reads (depending on ``cfg`` for Proto2Proto's fidelity); ``needs_teacher`` is False
-only for ``none``, so the engine can skip the teacher's forward pass.
+only for ``none``, so the trainer can skip the teacher's forward pass.
 
 ``compute`` returns the *unweighted* terms under their own names plus ``"transfer"``, the
 weighted sum to add to the loss. ``cfg`` is a mapping or an object with attributes; missing

@@ -1,4 +1,8 @@
-"""Build a model from a config, save it with its architecture, and load it back."""
+"""Build a model from a run config, save it with its architecture, and load it back.
+
+The architecture registry ``ARCHITECTURES`` maps a model class's ``arch`` (``protopnet``,
+``prototree``) to (model class, config class); building, saving and loading all go through it.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,36 @@ from torch.overrides import TorchFunctionMode
 import p2p_cli
 from p2p_cli.errors import P2PError
 from p2p_cli.io.checkpoint import decode_metadata, load_tensors, save_tensors, split_model_tensors
-from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig
+from p2p_cli.io.config import TrainConfig
+from p2p_cli.models.backbones import load_backbone_weights
+from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig, PrototypeNetwork
 from p2p_cli.models.prototree import ProtoTree, ProtoTreeConfig
+from p2p_cli.runtime.device import Runtime
 
-ARCHITECTURES = {"protopnet": (ProtoPNet, ProtoPNetConfig), "prototree": (ProtoTree, ProtoTreeConfig)}
+ARCHITECTURES: dict[str, tuple[type[PrototypeNetwork], type]] = {
+    cls.arch: (cls, cfg_cls) for cls, cfg_cls in ((ProtoPNet, ProtoPNetConfig), (ProtoTree, ProtoTreeConfig))
+}
+
+
+def build_model(cfg: TrainConfig, num_classes: int, rt: Runtime, *, backbone: str | None = None) -> PrototypeNetwork:
+    """A fresh network of architecture ``cfg.arch`` for ``num_classes`` classes, on ``rt.device``.
+
+    Weights: timm's ImageNet ones (``pretrained``), a local backbone file (``weights``), or
+    random. ``backbone`` overrides ``cfg.backbone``. The backbone is put in channels_last when
+    the runtime asks for it, and compiled with ``compile``.
+    """
+    if cfg.arch not in ARCHITECTURES:
+        raise P2PError(f"unsupported architecture {cfg.arch!r} (choose {', '.join(ARCHITECTURES)})")
+    cls, cfg_cls = ARCHITECTURES[cfg.arch]
+    model = cls(cfg_cls.from_train_config(cfg, num_classes, backbone), pretrained=cfg.pretrained)
+    if cfg.weights:
+        load_backbone_weights(model.backbone, Path(cfg.weights))
+    model.to(rt.device)
+    if rt.channels_last:
+        model.backbone.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        model.backbone = torch.compile(model.backbone)  # type: ignore[assignment]
+    return model
 
 
 def model_metadata(model: ProtoPNet, *, stage: str, class_names: list[str], extra: dict[str, Any] | None = None

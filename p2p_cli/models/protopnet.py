@@ -1,19 +1,24 @@
-"""ProtoPNet (Chen et al., NeurIPS 2019) as SPEC §2 fixes it.
+"""ProtoPNet (Chen et al., NeurIPS 2019, §2.1).
 
 backbone f → add-on g → prototype layer (squared L2) → log similarity → last layer h.
-One forward pass returns everything training, distillation and the metrics need.
+Images (B, 3, S, S) → features (B, D, H, W) → distance maps (B, m, H, W) → min distances
+(B, m) → logits (B, K). One forward pass returns everything training, distillation and the
+metrics need.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
 from p2p_cli.models.backbones import create_backbone
 from p2p_cli.models.registry import get_backbone_spec
+
+if TYPE_CHECKING:
+    from p2p_cli.io.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,13 @@ class ProtoPNetConfig:
     add_on: str | None = None
     feature_stride: int | None = None
     arch: str = field(default="protopnet")
+
+    @classmethod
+    def from_train_config(cls, cfg: TrainConfig, num_classes: int, backbone: str | None = None) -> ProtoPNetConfig:
+        """The architecture keys of a run config (``backbone`` overrides ``cfg.backbone``)."""
+        return cls(backbone=backbone or cfg.backbone, num_classes=num_classes,
+                   prototypes_per_class=cfg.prototypes_per_class, prototype_depth=cfg.prototype_depth,
+                   add_on=cfg.add_on, feature_stride=cfg.feature_stride)
 
     def resolved(self) -> ProtoPNetConfig:
         spec = get_backbone_spec(self.backbone)
@@ -61,7 +73,7 @@ class ProtoOutput(NamedTuple):
 
 
 def make_add_on(in_channels: int, depth: int, kind: str) -> nn.Sequential:
-    """The add-on g (SPEC §2).
+    """The add-on g of ProtoPNet (Chen et al. 2019, §2.1): (B, C, H, W) → (B, D, H, W) in [0, 1].
 
     ``regular``: Conv1×1(C→D) → ReLU → Conv1×1(D→D) → Sigmoid.
     ``bottleneck``: pairs of 1×1 convs halving the channels until D, ReLU between, a final
@@ -95,7 +107,7 @@ def class_identity_matrix(num_classes: int, per_class: int) -> torch.Tensor:
 
 
 def squared_l2_distances(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-    """``relu(‖z‖² − 2 z·p + ‖p‖²)`` between every patch and every prototype (SPEC §2).
+    """``relu(‖z‖² − 2 z·p + ‖p‖²)`` between every patch and every prototype (Chen et al. 2019, §2.1).
 
     features: (B, D, H, W); prototypes: (m, D). Returns (B, m, H, W), computed in fp32.
     """
@@ -114,11 +126,19 @@ def log_similarity(distances: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
 
 class PrototypeNetwork(nn.Module):
     """What every prototypical architecture shares: ``backbone`` → ``add_on`` features and a
-    ``prototype_vectors`` parameter (m, D, 1, 1). Subclasses build those and define ``head``."""
+    ``prototype_vectors`` parameter (m, D, 1, 1). Subclasses build those and define ``head``.
 
+    The protocol training, distillation and the metrics rely on (ProtoPNet and ProtoTree both
+    implement it): ``arch`` (the registry key, see ``models/factory.py``), ``config`` (rebuilds the
+    architecture), ``class_identity`` (m, K) 0/1, :meth:`head`, :meth:`logits_from_min_distances`,
+    :meth:`parameter_groups` and :meth:`align_to`.
+    """
+
+    arch: ClassVar[str]
     backbone: nn.Module
     add_on: nn.Module
     prototype_vectors: nn.Parameter
+    class_identity: torch.Tensor
 
     @property
     def num_prototypes(self) -> int:
@@ -140,6 +160,20 @@ class PrototypeNetwork(nn.Module):
             return self.add_on(feats.float().contiguous())
 
     def head(self, features: torch.Tensor) -> ProtoOutput:
+        """Prototype layer and decision on add-on features (B, D, H, W)."""
+        raise NotImplementedError
+
+    def logits_from_min_distances(self, min_distances: torch.Tensor) -> torch.Tensor:
+        """The decision alone: min distances (B, m) → logits (B, K)."""
+        raise NotImplementedError
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Named parameter groups (``backbone``, ``add_on``, ``prototypes`` and the head's:
+        ``last_layer`` or ``leaves``); training stages select from these."""
+        raise NotImplementedError
+
+    def align_to(self, teacher: nn.Module, *, copy_head: bool) -> None:
+        """Distillation: take the teacher's shape where it must match, and with ``copy_head`` its head."""
         raise NotImplementedError
 
     def forward(self, images: torch.Tensor) -> ProtoOutput:
@@ -174,7 +208,8 @@ class ProtoPNet(PrototypeNetwork):
         self.set_last_layer_incorrect_connection(-0.5)
 
     def set_last_layer_incorrect_connection(self, incorrect_strength: float = -0.5) -> None:
-        """h ← +1 for own-class connections, ``incorrect_strength`` elsewhere (SPEC §2)."""
+        """h (K, m) ← +1 for own-class connections, ``incorrect_strength`` elsewhere (Chen et al.
+        2019, §2.2: the initialisation that the last-layer stage then sparsifies)."""
         positive = self.class_identity.t()  # (K, m)
         with torch.no_grad():
             self.last_layer.weight.copy_(positive + incorrect_strength * (1 - positive))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -33,6 +34,9 @@ from torch import nn
 from p2p_cli.models.backbones import create_backbone
 from p2p_cli.models.protopnet import ProtoOutput, PrototypeNetwork, squared_l2_distances
 from p2p_cli.models.registry import get_backbone_spec
+
+if TYPE_CHECKING:
+    from p2p_cli.io.config import TrainConfig
 
 LEAF_UPDATES = ("derivative-free", "gradient")
 INFERENCE_MODES = ("distributed", "sample_max", "greedy")
@@ -54,6 +58,13 @@ class ProtoTreeConfig:
     leaf_update: str = "derivative-free"
     log_probabilities: bool = True
     arch: str = field(default="prototree")
+
+    @classmethod
+    def from_train_config(cls, cfg: TrainConfig, num_classes: int, backbone: str | None = None) -> ProtoTreeConfig:
+        """The architecture keys of a run config (``backbone`` overrides ``cfg.backbone``)."""
+        return cls(backbone=backbone or cfg.backbone, num_classes=num_classes, depth=cfg.depth,
+                   prototype_depth=cfg.prototype_depth, feature_stride=cfg.feature_stride,
+                   leaf_update=cfg.leaf_update, log_probabilities=cfg.log_probabilities)
 
     def resolved(self) -> ProtoTreeConfig:
         spec = get_backbone_spec(self.backbone)

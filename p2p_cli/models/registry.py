@@ -21,7 +21,7 @@ class BackboneSpec:
         timm_id: the timm model id.
         family: ``resnet`` | ``vgg`` | ``densenet`` | ``timm`` (any other CNN).
         prototype_depth: default D of the prototypes and of the add-on output.
-        add_on: default add-on type, ``regular`` or ``bottleneck`` (SPEC §2).
+        add_on: default add-on type, ``regular`` or ``bottleneck`` (ProtoPNet's two add-ons).
         feature_stride: default stride of the tapped feature map (32 = last stage: 7×7 at 224 px).
     """
 

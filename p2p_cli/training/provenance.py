@@ -1,4 +1,5 @@
-"""Prototype provenance records (SPEC §4) from a push result and the dataset it ran over."""
+"""Prototype provenance records from a push result and the dataset it ran over: for every prototype
+the training image and patch it was projected onto (ProtoPNet's push, Chen et al. 2019, §2.2)."""
 
 from __future__ import annotations
 

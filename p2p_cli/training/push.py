@@ -1,5 +1,5 @@
-"""Prototype projection ("push", SPEC §4) — the one implementation train, distill, prune and
-``p2p push-prototypes`` all call.
+"""Prototype projection ("push", ProtoPNet's stage 2, Chen et al. 2019, §2.2) — the one
+implementation train, distill, prune and ``p2p push-prototypes`` all call.
 
 For each prototype j: over the un-augmented training images of j's class(es), find the add-on
 patch z with the smallest squared-L2 distance and set p_j ← z. One pass over the data,

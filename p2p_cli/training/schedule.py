@@ -1,9 +1,9 @@
-"""The training schedule (SPEC §3) as a flat list of small frozen steps.
+"""The training schedule as a flat list of small frozen steps, and the schedule arithmetic.
 
-warm epochs → joint epochs, with a push (+ last-layer optimisation) at ``push_start``, every
-``push_every`` epochs after it, and always after the final epoch, so every saved model is a
-pushed one. The trainer executes the steps in order and snapshots after each, so ``--resume``
-continues at the first step not finished.
+Each architecture's recipe (:mod:`p2p_cli.training.recipes`) turns a config into its steps; the
+trainer executes them in order and snapshots after each, so ``--resume`` continues at the first
+step not finished. This module holds what the recipes share: the step record, the epochs after
+which ProtoPNet pushes, the two learning-rate decays, and each parameter group's learning rate.
 """
 
 from __future__ import annotations
@@ -15,36 +15,25 @@ from p2p_cli.io.config import TrainConfig, parse_milestones
 
 @dataclass(frozen=True)
 class Step:
-    kind: str  # "epoch" | "push" | "last_layer" | "prune_tree"
-    stage: str  # "warm" | "joint" | "push" | "last_layer" | "prune_tree"
-    epoch: int  # the training epoch this step belongs to (0-based)
+    """One unit of the schedule (the snapshot granularity).
 
+    kind: what the trainer does — ``epoch`` (one pass over the augmented training set),
+        ``push`` (prototype projection), ``last_layer`` (convex last-layer optimisation) or
+        ``prune`` (the architecture's own pruning, e.g. ProtoTree's).
+    stage: the name recorded in ``metrics.jsonl`` — ``warm``, ``joint``, ``push``,
+        ``last_layer`` or ``prune_tree``; ``warm``/``joint``/``last_layer`` also select the
+        trainable parameter groups.
+    epoch: the training epoch this step belongs to (0-based).
+    """
 
-@dataclass(frozen=True)
-class StageSpec:
-    """Which parameter groups a stage optimises (all others are frozen)."""
-
-    name: str
-    groups: tuple[str, ...]
-
-
-def stage_spec(stage: str, cfg: TrainConfig, *, head_frozen: bool = False) -> StageSpec:
-    # a ProtoTree's leaves train with the rest only when they are gradient-trained and not reused frozen
-    leaves = ("leaves",) if cfg.arch == "prototree" and cfg.leaf_update == "gradient" and not head_frozen else ()
-    if stage == "warm":
-        groups = ("add_on", "prototypes", "extra") + leaves
-        if cfg.warm_train_backbone:
-            groups = ("backbone",) + groups
-        return StageSpec("warm", groups)
-    if stage == "joint":
-        return StageSpec("joint", ("backbone", "add_on", "prototypes", "extra") + leaves)
-    if stage == "last_layer":
-        return StageSpec("last_layer", () if head_frozen else ("last_layer",))
-    raise ValueError(stage)
+    kind: str
+    stage: str
+    epoch: int
 
 
 def push_epochs(cfg: TrainConfig) -> list[int]:
-    """Epochs after which a push happens (0-based; the last epoch is always one)."""
+    """Epochs after which ProtoPNet pushes (0-based): ``push_start`` and every ``push_every``
+    epochs after it, and always the last epoch, so every saved model is a pushed one."""
     epochs = set()
     if cfg.push_start is not None:
         epochs.update(range(cfg.push_start, cfg.epochs, cfg.push_every))
@@ -52,37 +41,21 @@ def push_epochs(cfg: TrainConfig) -> list[int]:
     return sorted(epochs)
 
 
-def plan(cfg: TrainConfig) -> list[Step]:
-    if cfg.arch == "prototree":
-        return tree_plan(cfg)
-    steps: list[Step] = []
-    pushes = set(push_epochs(cfg))
-    for epoch in range(cfg.epochs):
-        steps.append(Step("epoch", "warm" if epoch < cfg.warm_epochs else "joint", epoch))
-        if epoch in pushes:
-            steps.append(Step("push", "push", epoch))
-            steps.append(Step("last_layer", "last_layer", epoch))
-    return steps
-
-
-def tree_plan(cfg: TrainConfig) -> list[Step]:
-    """ProtoTree (Nauta et al. 2021): epochs with the backbone frozen for the first
-    ``warm_epochs``, then prune the tree and project its prototypes once, at the end."""
-    steps = [Step("epoch", "warm" if e < cfg.warm_epochs else "joint", e) for e in range(cfg.epochs)]
-    last = cfg.epochs - 1
-    return steps + [Step("prune_tree", "prune_tree", last), Step("push", "push", last)]
-
-
-def lr_factor(cfg: TrainConfig, stage: str, epoch: int) -> float:
-    """Learning-rate factor of an epoch: ProtoPNet's StepLR in the joint stage; ProtoTree's
-    MultiStepLR (× lr_gamma at every milestone ≤ epoch) in every stage."""
-    if cfg.arch == "prototree":
-        return cfg.lr_gamma ** sum(1 for m in parse_milestones(cfg.milestones) if m <= epoch)
-    return joint_lr_factor(cfg, epoch) if stage == "joint" else 1.0
-
-
 def joint_lr_factor(cfg: TrainConfig, epoch: int) -> float:
-    """StepLR: × γ at ``lr_step_start`` and every ``lr_step_size`` epochs after it."""
+    """ProtoPNet's StepLR: × γ at ``lr_step_start`` and every ``lr_step_size`` epochs after it."""
     if cfg.lr_step_start is None or epoch < cfg.lr_step_start:
         return 1.0
     return cfg.lr_gamma ** (1 + (epoch - cfg.lr_step_start) // cfg.lr_step_size)
+
+
+def milestone_lr_factor(cfg: TrainConfig, epoch: int) -> float:
+    """MultiStepLR: × ``lr_gamma`` at every milestone ≤ ``epoch``."""
+    return cfg.lr_gamma ** sum(1 for m in parse_milestones(cfg.milestones) if m <= epoch)
+
+
+def group_lr(cfg: TrainConfig, group: str) -> tuple[float, float]:
+    """(learning rate, weight decay) of a parameter group (the names of ``parameter_groups()``,
+    plus ``extra`` for an objective's own modules, e.g. a FitNets regressor)."""
+    return {"backbone": (cfg.lr_backbone, cfg.weight_decay), "add_on": (cfg.lr_add_on, cfg.weight_decay),
+            "prototypes": (cfg.lr_prototypes, 0.0), "extra": (cfg.lr_add_on, cfg.weight_decay),
+            "last_layer": (cfg.lr_last_layer, 0.0), "leaves": (cfg.lr_leaves, 0.0)}[group]

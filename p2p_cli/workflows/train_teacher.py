@@ -2,71 +2,26 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-import p2p_cli
 from p2p_cli.data.loaders import build_datasets
 from p2p_cli.errors import P2PError
-from p2p_cli.io.atomic import atomic_write_yaml
-from p2p_cli.io.config import SCHEMA_VERSION, TrainConfig
-from p2p_cli.io.rundir import RunDir, prepare_run
-from p2p_cli.models.backbones import load_backbone_weights
-from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig
-from p2p_cli.models.prototree import ProtoTree, ProtoTreeConfig
+from p2p_cli.io.config import TrainConfig
+from p2p_cli.io.rundir import RunDir
+from p2p_cli.models.factory import build_model
 from p2p_cli.runtime.device import Runtime
-from p2p_cli.runtime.distributed import barrier
 from p2p_cli.runtime.reporter import Reporter
 from p2p_cli.runtime.seeding import seed_everything, set_deterministic
-from p2p_cli.training.objectives import ProtoPNetObjective
+from p2p_cli.training.objectives import TaskObjective
 from p2p_cli.training.trainer import Trainer
-
-
-def build_model(cfg: TrainConfig, num_classes: int, rt: Runtime, *, backbone: str | None = None) -> ProtoPNet:
-    """A fresh ProtoPNet for ``cfg`` (weights: --pretrained, --weights FILE, or random)."""
-    model: ProtoPNet | ProtoTree
-    if cfg.arch == "prototree":
-        tree = ProtoTreeConfig(backbone=backbone or cfg.backbone, num_classes=num_classes, depth=cfg.depth,
-                               prototype_depth=cfg.prototype_depth, feature_stride=cfg.feature_stride,
-                               leaf_update=cfg.leaf_update, log_probabilities=cfg.log_probabilities)
-        model = ProtoTree(tree, pretrained=cfg.pretrained)
-    else:
-        config = ProtoPNetConfig(backbone=backbone or cfg.backbone, num_classes=num_classes,
-                                 prototypes_per_class=cfg.prototypes_per_class, prototype_depth=cfg.prototype_depth,
-                                 add_on=cfg.add_on, feature_stride=cfg.feature_stride)
-        model = ProtoPNet(config, pretrained=cfg.pretrained)
-    if cfg.weights:
-        load_backbone_weights(model.backbone, Path(cfg.weights))
-    model.to(rt.device)
-    if rt.channels_last:
-        model.backbone.to(memory_format=torch.channels_last)
-    if cfg.compile:
-        model.backbone = torch.compile(model.backbone)  # type: ignore[assignment]
-    return model
-
-
-def write_run_config(run: RunDir, cfg: TrainConfig, command: str, extra: dict[str, Any] | None = None) -> None:
-    data = {"schema_version": SCHEMA_VERSION, "p2p_version": p2p_cli.__version__, "command": command,
-            "argv": sys.argv[1:], **(extra or {}), **cfg.to_dict()}
-    atomic_write_yaml(run.config_path, data)
-
-
-def open_run(workdir: Path, name: str, rt: Runtime, *, overwrite: bool, resume: bool) -> RunDir:
-    """Rank 0 prepares the run directory; the others wait and reuse it."""
-    run = RunDir(Path(workdir) / name)
-    if rt.is_main:
-        run = prepare_run(Path(workdir), name, overwrite=overwrite, resume=resume)
-    barrier(rt)
-    return run
+from p2p_cli.workflows.runs import open_run, training_adversary, write_run_config
 
 
 def train_teacher(cfg: TrainConfig, *, workdir: Path, name: str, rt: Runtime, reporter: Reporter,
                   overwrite: bool = False, resume: bool = False) -> tuple[RunDir, dict[str, Any]]:
-    """Train a ProtoPNet (a teacher, or a baseline student) into ``workdir/name``."""
+    """Train a model of ``cfg.arch`` (a teacher, or a baseline student) into ``workdir/name``."""
     set_deterministic(cfg.deterministic)
     seed_everything(cfg.seed)
     t0 = time.perf_counter()
@@ -81,8 +36,8 @@ def train_teacher(cfg: TrainConfig, *, workdir: Path, name: str, rt: Runtime, re
                   f"D={model.prototype_depth}, {len(data.classes)} classes, {len(data.index.train)} train / "
                   f"{len(data.index.test)} test images at {cfg.image_size} px, device {rt.device}, "
                   f"precision {rt.amp_dtype or 'fp32'}")
-    trainer = Trainer(cfg, model, ProtoPNetObjective(cfg), data, rt, run, reporter,
-                      metadata={"role": "teacher-or-baseline"})
+    trainer = Trainer(cfg, model, TaskObjective(cfg), data, rt, run, reporter,
+                      metadata={"role": "teacher-or-baseline"}, adversary=training_adversary(cfg, rt))
     state = trainer.fit(resume=resume)
     last = state.records[-1] if state.records else {}
     return run, {"test_acc": last.get("test_acc"), "seconds": time.perf_counter() - t0, "model": model}
