@@ -1,6 +1,13 @@
 """``p2p push-prototypes``: push a trained run's prototypes (the trainer's own
 :func:`~p2p_cli.training.push.push_prototypes`), write ``prototypes.json`` and, optionally, images.
 
+The push is ProtoPNet's prototype projection (Chen et al., NeurIPS 2019, §2.2): every prototype
+p_j (D × 1 × 1) is replaced by its nearest (squared L2) add-on patch z (D, one cell of the
+(H, W) grid) over the un-augmented training images of its class(es). ``prototypes.json``
+records per prototype the source image, its grid cell, the distances before and after, the
+receptive field of the cell and the 95th-percentile activation box (ProtoPNet §2.4), both in
+input pixels.
+
 Pushing a pushed model again moves nothing: every prototype already equals an add-on patch of
 an own-class training image, so its distance to the nearest one is exactly 0. When the push
 does move prototypes (another dataset, or a model never pushed), the weights change: that
