@@ -229,3 +229,23 @@ def test_push_that_moves_prototypes_needs_overwrite_or_a_new_name(trained: Path,
 def test_push_prototypes_unknown_model_is_a_one_line_error(trained: Path, capsys):
     code, _, err = run_cli(["push-prototypes", "--model", "nope", "--workdir", str(trained)], capsys)
     assert code == 2 and "not found" in err and "Traceback" not in err
+
+
+def test_push_prototypes_repairs_a_corrupt_prototypes_json(trained: Path, capsys):
+    """The error for an unreadable prototypes.json says "re-create it with p2p push-prototypes": that must work."""
+    run = trained / "corrupt"
+    shutil.copytree(trained / "t", run)
+    (run / "prototypes.json").write_text("{not json")
+    code, out, err = run_cli(["push-prototypes", "--model", str(run), "--workdir", str(trained), "--device", "cpu",
+                              "--no-save-images", "--batch-size", "4", "--workers", "0"], capsys)
+    assert code == 0, err
+    assert "no prototype moved" in out
+    doc = json.loads((run / "prototypes.json").read_text())
+    assert len(doc["prototypes"]) == 6 and doc["image_size"] == 32
+
+
+def test_push_prototypes_dataset_override_needs_a_root(trained: Path, capsys):
+    """--dataset cub replaces the run's synthetic dataset, whose data_root must not be reused."""
+    code, _, err = run_cli(["push-prototypes", "--model", "t", "--workdir", str(trained), "--device", "cpu",
+                            "--dataset", "cub"], capsys)
+    assert code == 2 and "needs a data root" in err and "Traceback" not in err

@@ -19,11 +19,12 @@ import yaml
 from PIL import Image
 
 from p2p_cli.errors import P2PError
-from p2p_cli.explain.local import default_model_runs, read_image
+from p2p_cli.explain.images import read_image
 from p2p_cli.io.checkpoint import save_tensors
 from p2p_cli.models.factory import load_model
 from p2p_cli.models.protopnet import log_similarity
 from p2p_cli.viz import figures, html, render
+from p2p_cli.workflows.visualize import default_model_runs
 from tests.conftest import TINY_CONFIG
 from tests.test_cli_train import run_cli
 

@@ -127,9 +127,10 @@ def read_prototypes(run: RunDir, num_prototypes: int) -> tuple[list[dict[str, An
     return records, grid  # type: ignore[return-value]
 
 
-def load_run(ref: str | Path, workdir: str | Path = "runs") -> LoadedRun:
+def load_run(ref: str | Path, workdir: str | Path = "runs", *, provenance: bool = True) -> LoadedRun:
     """Load the finished run ``ref`` (a run directory, its ``model.safetensors``, or a run name
     inside ``workdir``). One-line :class:`~p2p_cli.errors.P2PError` when it cannot be found or read.
+    With ``provenance=False`` ``prototypes.json`` is not read (``p2p push-prototypes`` rewrites it).
 
     Example::
 
@@ -138,10 +139,10 @@ def load_run(ref: str | Path, workdir: str | Path = "runs") -> LoadedRun:
         print(teacher.model.num_prototypes, teacher.classes[:3])
     """
     run = resolve_ref(ref, Path(workdir))
-    return load_run_dir(run)
+    return load_run_dir(run, provenance=provenance)
 
 
-def load_run_dir(run: RunDir) -> LoadedRun:
+def load_run_dir(run: RunDir, *, provenance: bool = True) -> LoadedRun:
     """:func:`load_run` for an already resolved run directory."""
     model, meta = load_model(run.model_path)
     raw: dict[str, Any] = {}
@@ -152,5 +153,5 @@ def load_run_dir(run: RunDir) -> LoadedRun:
     classes = meta.get("class_names") or []
     if classes and len(classes) != model.config.num_classes:
         raise P2PError(f"{run.model_path}: records {len(classes)} class names for {model.config.num_classes} classes")
-    records, grid = read_prototypes(run, model.num_prototypes)
+    records, grid = read_prototypes(run, model.num_prototypes) if provenance else (None, None)
     return LoadedRun(run.name, run, model, meta, cfg, raw, records, grid)

@@ -1,6 +1,13 @@
 """``p2p push-prototypes``: push a trained run's prototypes (the trainer's own
 :func:`~p2p_cli.training.push.push_prototypes`), write ``prototypes.json`` and, optionally, images.
 
+The push is ProtoPNet's prototype projection (Chen et al., NeurIPS 2019, §2.2): every prototype
+p_j (D × 1 × 1) is replaced by its nearest (squared L2) add-on patch z (D, one cell of the
+(H, W) grid) over the un-augmented training images of its class(es). ``prototypes.json``
+records per prototype the source image, its grid cell, the distances before and after, the
+receptive field of the cell and the 95th-percentile activation box (ProtoPNet §2.4), both in
+input pixels.
+
 Pushing a pushed model again moves nothing: every prototype already equals an add-on patch of
 an own-class training image, so its distance to the nearest one is exactly 0. When the push
 does move prototypes (another dataset, or a model never pushed), the weights change: that
@@ -25,16 +32,17 @@ from p2p_cli.data.loaders import eval_loader, load_dataset_index
 from p2p_cli.data.transforms import eval_transform
 from p2p_cli.errors import P2PError
 from p2p_cli.io.atomic import atomic_write_json
-from p2p_cli.io.config import TrainConfig, config_from_dict
-from p2p_cli.io.rundir import RunDir, prepare_run, resolve_ref
-from p2p_cli.models.factory import load_model, save_model
+from p2p_cli.io.config import TrainConfig, with_overrides
+from p2p_cli.io.rundir import RunDir, prepare_run
+from p2p_cli.models.factory import save_model
 from p2p_cli.models.maps import upsampled_similarity
 from p2p_cli.models.protopnet import ProtoPNet
+from p2p_cli.models.runs import load_run
 from p2p_cli.runtime.device import Runtime, make_runtime
 from p2p_cli.runtime.reporter import Reporter
 from p2p_cli.training.provenance import provenance_records, summarize
 from p2p_cli.training.push import PushResult, push_prototypes
-from p2p_cli.viz import render
+from p2p_cli.viz.prototypes import prototype_pngs, upscale
 from p2p_cli.workflows.train_teacher import write_run_config
 
 MOVED_TOL = 1e-8
@@ -57,21 +65,6 @@ class PushRequest:
     precision: str | None = None  # default: the run's
 
 
-def _config(run: RunDir, req: PushRequest) -> TrainConfig:
-    data = run.read_config()
-    if req.dataset:
-        data["dataset"] = req.dataset
-        if req.dataset != "synthetic" and not req.data_root:
-            data.pop("data_root", None)
-    if req.data_root:
-        data["data_root"] = req.data_root
-    if req.batch_size:
-        data["test_batch_size"] = req.batch_size
-    if req.workers is not None:
-        data["workers"] = req.workers
-    return config_from_dict(data, source=str(run.config_path))
-
-
 @torch.no_grad()
 def accuracy(model: ProtoPNet, ds: ImageDataset, cfg: TrainConfig, rt: Runtime, reporter: Reporter) -> float:
     """Test accuracy of ``model`` on ``ds`` (one eval pass)."""
@@ -91,21 +84,22 @@ def accuracy(model: ProtoPNet, ds: ImageDataset, cfg: TrainConfig, rt: Runtime, 
 def push_run(req: PushRequest, reporter: Reporter) -> dict[str, Any]:
     """Push the prototypes of run ``req.model``; returns a summary (also what ``--json`` writes)."""
     t0 = time.perf_counter()
-    run = resolve_ref(req.model, req.workdir)
-    model, meta = load_model(run.model_path)
+    loaded = load_run(req.model, req.workdir, provenance=False)  # prototypes.json is rewritten here
+    run, model, meta = loaded.run, loaded.model, loaded.meta
     target = RunDir(Path(req.workdir) / req.name) if req.name else run
     if req.name and target.path.exists() and not req.overwrite:
         raise P2PError(f"run '{target.path}' already exists; pass --overwrite to replace it")
-    cfg = _config(run, req)
+    if loaded.config is None:
+        raise P2PError(f"{run.path} is not a p2p run (no config.yaml)")
+    cfg = with_overrides(loaded.config, source=str(run.config_path), dataset=req.dataset, data_root=req.data_root,
+                         test_batch_size=req.batch_size, workers=req.workers)
     rt = make_runtime(req.device, req.precision or cfg.precision, cfg.channels_last)
     index = load_dataset_index(cfg)
-    classes = [str(c) for c in meta.get("class_names") or []]
+    classes = loaded.classes
     if classes and classes != index.classes:
         raise P2PError(f"the model was trained on {len(classes)} classes ({', '.join(classes[:3])}, …) but the "
                        f"dataset has {len(index.classes)} ({', '.join(index.classes[:3])}, …)")
-    model.to(rt.device).eval()
-    if rt.channels_last:
-        model.backbone.to(memory_format=torch.channels_last)
+    loaded.to(rt.device, channels_last=rt.channels_last, frozen=False)
     push_ds = ImageDataset(index.train, eval_transform(cfg.image_size), image_size=cfg.image_size,
                            crop_bbox=cfg.crop_bbox)
     loader = eval_loader(push_ds, cfg.test_batch_size, cfg.workers, rt)
@@ -143,7 +137,7 @@ def push_run(req: PushRequest, reporter: Reporter) -> dict[str, Any]:
         extra.update(test_acc=summary["test_acc"], pushed_by="push-prototypes", pushed_from=str(run.path))
         if target.path != run.path:
             target = prepare_run(Path(req.workdir), str(req.name), overwrite=req.overwrite, resume=False)
-            data = {k: v for k, v in run.read_config().items() if k not in cfg.to_dict()}
+            data = {k: v for k, v in loaded.config_raw.items() if k not in cfg.to_dict()}
             data.pop("schema_version", None)
             data.pop("p2p_version", None)
             data.pop("command", None)
@@ -183,14 +177,15 @@ def _keep_merge_records(records: list[dict[str, Any]], run: RunDir) -> None:
 
 def save_prototype_images(folder: Path, result: PushResult, records: list[dict[str, Any]], ds: ImageDataset,
                           progress=None) -> Path:
-    """Per pushed prototype j, three PNGs in ``folder`` (replaced as a whole):
+    """Per pushed prototype j, three PNGs in ``folder`` (replaced as a whole), drawn by
+    :func:`~p2p_cli.viz.prototypes.prototype_pngs`:
 
     * ``prototype-J-patch.png``: the source image's pixels inside the 95th-percentile box (input
       resolution);
     * ``prototype-J-box.png``: the source image with that box (cyan) and the receptive field of the
       source cell (dashed white; omitted when it covers the whole image);
     * ``prototype-J-heatmap.png``: the source image overlaid with the prototype's similarity map
-      (upsampled bicubically, colormap inferno).
+      (its (H, W) distance map upsampled bicubically, colormap inferno).
 
     Overlays are drawn at ≥ 224 px on the longer side so that small inputs stay legible.
     """
@@ -207,23 +202,11 @@ def save_prototype_images(folder: Path, result: PushResult, records: list[dict[s
                 if i not in loaded:
                     loaded[i] = ds.load(i).permute(1, 2, 0).numpy()
                 image = loaded[i]
-                s = image.shape[0]
-                scale = max(1, -(-IMAGE_LONG_SIDE // s))
-                big = render.resize(image, (s * scale, s * scale))
-                up = upsampled_similarity(result.distance_maps[j], (s * scale, s * scale)).numpy()
-                stem = f"prototype-{j:0{width}d}"
-                (tmp / f"{stem}-patch.png").write_bytes(render.png_bytes(render.crop(image, rec["activation_box"])))
-                boxed = big
-                rf = rec.get("receptive_field_box")
-                if rf and (rf[2] - rf[0]) * (rf[3] - rf[1]) < 0.9 * s * s:  # skip one covering the image
-                    boxed = render.draw_box(boxed, render.scale_box(rf, scale, scale),
-                                            render.RF_COLOR, width=1, dashed=True)
-                boxed = render.draw_box(boxed, render.scale_box(rec["activation_box"], scale, scale),
-                                        render.BOX_COLOR, width=2)
-                (tmp / f"{stem}-box.png").write_bytes(render.png_bytes(boxed))
-                heat = render.draw_box(render.overlay_heatmap(big, up),
-                                       render.scale_box(rec["activation_box"], scale, scale), render.BOX_COLOR, 2)
-                (tmp / f"{stem}-heatmap.png").write_bytes(render.png_bytes(heat))
+                s = image.shape[0] * upscale(image.shape[0], IMAGE_LONG_SIDE)
+                up = upsampled_similarity(result.distance_maps[j], (s, s)).numpy()
+                pngs = prototype_pngs(image, rec["activation_box"], rec.get("receptive_field_box"), up)
+                for kind in ("patch", "box", "heatmap"):
+                    (tmp / f"prototype-{j:0{width}d}-{kind}.png").write_bytes(pngs[kind])
             if progress is not None:
                 progress()
         if folder.exists():
