@@ -112,3 +112,33 @@ def test_missing_onnxruntime_skips_the_check_with_a_note(run, onnx_file, monkeyp
     monkeypatch.setattr(wf, "export_onnx", lambda module, sample, out, meta: shutil.copy(onnx_file, out))
     result = export_run(ExportRequest(model=str(run), format="onnx", out=run / "copy.onnx"), Reporter(enabled=False))
     assert result.check is None and "onnxruntime is not installed" in (result.note or "")
+
+
+def test_the_deploy_guide_example_runs_and_agrees_with_p2p_predict(run, onnx_file, tmp_path):
+    """docs/deploy.md's onnxruntime example, run as written (file names substituted), gives p2p predict's
+    class and probability."""
+    import contextlib
+    import io
+    import re
+
+    from PIL import Image
+
+    from p2p_cli.runtime.device import make_runtime
+    from p2p_cli.workflows.predict import PredictRequest, predict
+
+    guide = (Path(__file__).parent.parent / "docs" / "deploy.md").read_text()
+    code = re.search(r"## onnxruntime \(Python\)\n\n```python\n(.*?)```", guide, re.S).group(1)
+    assert len([line for line in code.splitlines() if line.strip()]) <= 20
+    image = tmp_path / "photo.jpg"
+    rng = np.random.default_rng(5)
+    Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(image)
+    code = code.replace('"model.onnx"', repr(str(onnx_file))).replace('"photo.jpg"', repr(str(image)))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "deploy.md", "exec"), {})
+    first, second = out.getvalue().splitlines()
+    (row,) = predict(PredictRequest(model=str(run), inputs=[image], top_k=5), make_runtime("cpu", "fp32", False),
+                     Reporter(enabled=False)).predictions
+    name, prob = first.rsplit(" ", 1)
+    assert name == row.class_name and float(prob) == pytest.approx(row.probability, abs=1e-4)
+    assert second == f"closest prototypes: {[p['prototype'] for p in row.prototypes]}"
