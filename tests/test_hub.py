@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -122,8 +123,9 @@ def test_not_a_p2p_repo_is_refused(run, offline_cache, tmp_path):
 def test_online_listing_refuses_before_downloading(monkeypatch):
     """Online, the repository's file list is checked first: a pickle there means nothing is downloaded."""
     monkeypatch.setattr(hub, "_offline", lambda: False)
-    monkeypatch.setattr(HfApi, "list_repo_files", lambda self, repo_id, **kw: ["model.safetensors", "config.yaml",
-                                                                              "pytorch_model.bin"])
+    files = ["model.safetensors", "config.yaml", "pytorch_model.bin"]
+    info = SimpleNamespace(sha=SHA, siblings=[SimpleNamespace(rfilename=f) for f in files])
+    monkeypatch.setattr(HfApi, "model_info", lambda self, repo_id, **kw: info)
 
     def no_download(*args, **kwargs):
         raise AssertionError("snapshot_download must not run")
@@ -131,6 +133,31 @@ def test_online_listing_refuses_before_downloading(monkeypatch):
     monkeypatch.setattr("huggingface_hub.snapshot_download", no_download)
     with pytest.raises(P2PError, match="hf-hub:org/evil holds pytorch_model.bin"):
         resolve_hub_ref("hf-hub:org/evil")
+
+
+def test_unreachable_hub_falls_back_to_the_cache(run, offline_cache, monkeypatch):
+    """Online mode but no connection: the cached snapshot loads, once, without a second download attempt."""
+    monkeypatch.setattr(hub, "_offline", lambda: False)
+
+    def unreachable(self, repo_id, **kw):
+        raise ConnectionError("connection refused")
+
+    monkeypatch.setattr(HfApi, "model_info", unreachable)
+    calls = []
+    import huggingface_hub
+
+    real = huggingface_hub.snapshot_download
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", spy)
+    snap = fake_cache(offline_cache, run)
+    assert resolve_hub_ref("hf-hub:org/tiny") == snap
+    assert calls[0]["local_files_only"] is True and calls[0]["allow_patterns"] == hub.DOWNLOAD_PATTERNS
+    with pytest.raises(P2PError, match="hf-hub:org/other: cannot reach the Hugging Face Hub and it is not in"):
+        resolve_hub_ref("hf-hub:org/other")
 
 
 def test_environment_variables_are_honoured_in_a_fresh_process(run, tmp_path):
@@ -242,6 +269,12 @@ def test_dry_run_lists_exactly_the_files_and_touches_nothing(run_copy, monkeypat
     assert out.splitlines() == ["README.md", *hub_files(run_copy)]
     assert "would upload these 7 files" in err
     assert rec.calls == [] and not (run_copy / "README.md").exists()
+    code, out, err = run_cli(["hub", "push", "teacher", "me/tiny", "--private", "--workdir", str(run_copy.parent)],
+                             capsys)
+    assert code == 0, err
+    assert [c[0] for c in rec.calls] == ["create_repo", "upload_folder"] and rec.calls[0][2]["private"] is True
+    assert rec.calls[1][2]["allow_patterns"] == hub_files(run_copy)  # README.md now exists, so it is listed
+    assert f"uploaded 7 files of {run_copy} to me/tiny" in out and "p2p predict --model hf-hub:me/tiny" in out
 
 
 def test_push_refuses_bad_input(run_copy, tmp_path):

@@ -31,18 +31,16 @@ def push_cmd(
     the environment record and the model card README.md (written now if p2p owns it). Needs a Hub
     token (hf auth login, or HF_TOKEN)."""
     from p2p_cli.io.hub import push_run
-    from p2p_cli.io.rundir import resolve_ref
 
-    run_dir = resolve_ref(run, workdir)
-    result = push_run(run_dir.path, repo_id, private=private, dry_run=dry_run, commit_message=message,
+    result = push_run(run, repo_id, workdir=workdir, private=private, dry_run=dry_run, commit_message=message,
                       base_model=base_model)
     if dry_run:
         for name in result.files:
             typer.echo(name)
-        typer.echo(f"dry run: would upload these {len(result.files)} files of {run_dir.path} to {repo_id}"
+        typer.echo(f"dry run: would upload these {len(result.files)} files of {result.run} to {repo_id}"
                    + (" (private)" if private else ""), err=True)
         return
-    typer.echo(f"uploaded {len(result.files)} files of {run_dir.path} to {repo_id}: {result.url}")
+    typer.echo(f"uploaded {len(result.files)} files of {result.run} to {repo_id}: {result.url}")
     typer.echo(f"load it with: p2p predict --model hf-hub:{repo_id} IMAGES")
 
 

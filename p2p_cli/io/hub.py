@@ -25,6 +25,7 @@ from typing import Any
 
 from p2p_cli.errors import P2PError
 from p2p_cli.io.model_card import README, is_generated, safetensors_metadata, write_model_card
+from p2p_cli.io.rundir import resolve_ref
 
 HUB_PREFIX = "hf-hub:"
 FORBIDDEN_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz", ".h5")
@@ -94,22 +95,21 @@ def _offline() -> bool:
 def _remote_files(ref: HubRef) -> list[str] | None:
     """The repository's file list from the Hub, or None when the Hub cannot be reached."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import (
-        HfHubHTTPError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
-        return list(HfApi().list_repo_files(ref.repo_id, revision=ref.revision, repo_type="model"))
+        info = HfApi().model_info(ref.repo_id, revision=ref.revision, files_metadata=False)
+    except GatedRepoError:
+        raise P2PError(f"{ref}: a gated repository; accept its conditions on the Hub and log in (hf auth login)"
+                       ) from None
     except RepositoryNotFoundError:
         raise P2PError(f"{ref}: repository not found on the Hugging Face Hub (a private one needs a token: "
                        "hf auth login, or HF_TOKEN)") from None
     except RevisionNotFoundError:
         raise P2PError(f"{ref}: revision '{ref.revision}' not found on the Hugging Face Hub") from None
-    except (OfflineModeIsEnabled, HfHubHTTPError, OSError):
-        return None  # unreachable: fall back to the cache, which is checked below
+    except Exception:  # noqa: BLE001 - unreachable (offline mode, connection, server errors: their types differ
+        return None  # across huggingface_hub versions): fall back to the cache, which is checked below
+    return [s.rfilename for s in info.siblings or []]
 
 
 def verify_snapshot(folder: str | Path, ref: HubRef | str = "") -> Path:
@@ -140,17 +140,17 @@ def resolve_hub_ref(ref: str, *, cache_dir: str | Path | None = None) -> Path:
 
     hub = parse_hub_ref(ref)
     offline = _offline()
-    if not offline:
-        remote = _remote_files(hub)
-        if remote is not None:
-            bad = forbidden_files(remote)
-            if bad:
-                raise _refuse(hub, bad)
-            if "model.safetensors" not in remote:
-                raise P2PError(f"{hub}: not a p2p model repository (no model.safetensors)")
-    try:
+    remote = None if offline else _remote_files(hub)
+    if remote is not None:
+        bad = forbidden_files(remote)
+        if bad:
+            raise _refuse(hub, bad)
+        if "model.safetensors" not in remote:
+            raise P2PError(f"{hub}: not a p2p model repository (no model.safetensors)")
+    try:  # unreachable Hub: the cache only (no second round of connection retries)
         folder = snapshot_download(hub.repo_id, revision=hub.revision, repo_type="model",
-                                   allow_patterns=DOWNLOAD_PATTERNS, cache_dir=str(cache_dir) if cache_dir else None)
+                                   allow_patterns=DOWNLOAD_PATTERNS, cache_dir=str(cache_dir) if cache_dir else None,
+                                   local_files_only=remote is None)
     except LocalEntryNotFoundError:
         if offline:
             raise P2PError(f"{hub} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading "
@@ -193,18 +193,20 @@ class PushResult:
     dry_run: bool
     url: str | None = None
     card_written: bool = False
+    run: Path | None = None
 
 
-def push_run(run_dir: str | Path, repo_id: str, *, private: bool = False, dry_run: bool = False,
-             commit_message: str | None = None, token: str | None = None, base_model: str | None = None
-             ) -> PushResult:
+def push_run(run_dir: str | Path, repo_id: str, *, workdir: str | Path | None = None, private: bool = False,
+             dry_run: bool = False, commit_message: str | None = None, token: str | None = None,
+             base_model: str | None = None) -> PushResult:
     """Upload a finished run to the Hub repository ``repo_id`` (created if needed, ``private`` if asked).
+    With ``workdir``, ``run_dir`` is a model reference (a run directory or a run name in ``workdir``).
 
     The model card ``README.md`` is (re)written first, naming ``repo_id`` in its usage lines, unless
     someone edited it (removed the p2p marker line); ``base_model`` (ORG/NAME) goes into its front
     matter. ``dry_run`` writes and uploads nothing and returns exactly the files that would be uploaded.
     """
-    run = Path(run_dir)
+    run = resolve_ref(run_dir, Path(workdir)).path if workdir is not None else Path(run_dir)
     check_repo_id(repo_id)
     if base_model is not None:
         check_repo_id(base_model)
@@ -213,7 +215,7 @@ def push_run(run_dir: str | Path, repo_id: str, *, private: bool = False, dry_ru
     card = is_generated(run / README)
     if dry_run:
         files = sorted(set(hub_files(run)) | ({README} if card else set()))
-        return PushResult(repo_id, files, dry_run=True)
+        return PushResult(repo_id, files, dry_run=True, run=run)
     if card:
         write_model_card(run, repo_id=repo_id, base_model=base_model)
     files = hub_files(run)
@@ -232,4 +234,4 @@ def push_run(run_dir: str | Path, repo_id: str, *, private: bool = False, dry_ru
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise P2PError(f"push to {repo_id} failed ({reason})") from None
     url = getattr(info, "commit_url", None) or f"https://huggingface.co/{repo_id}"
-    return PushResult(repo_id, files, dry_run=False, url=str(url), card_written=card)
+    return PushResult(repo_id, files, dry_run=False, url=str(url), card_written=card, run=run)

@@ -122,7 +122,8 @@ def similarity(min_distances: torch.Tensor, arch: str) -> torch.Tensor:
 
 
 def prototype_classes(loaded: LoadedRun) -> list[list[str]]:
-    """Per prototype the classes it belongs to (ProtoPNet's class identity; none for a ProtoTree)."""
+    """Per prototype the classes its class identity (m, K) names: a ProtoPNet's own class(es); for a
+    ProtoTree the arg-max classes of the leaves below the prototype's node."""
     identity = getattr(loaded.model, "class_identity", None)
     if identity is None:
         return [[] for _ in range(loaded.model.num_prototypes)]
