@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from p2p_cli.cli.common import DeviceOpt, QuietOpt, SeedOpt, VerboseOpt, WorkdirOpt, reporter
+from p2p_cli.cli.common import DeviceOpt, QuietOpt, VerboseOpt, WorkdirOpt, reporter
 from p2p_cli.errors import P2PError
 
 
@@ -28,7 +28,6 @@ def predict_cmd(
                          ] = "auto",
     workdir: WorkdirOpt = Path("runs"),
     device: DeviceOpt = "auto",
-    seed: SeedOpt = None,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
