@@ -36,6 +36,9 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 def _register() -> None:
     from p2p_cli.cli import data, distill, models, train
     from p2p_cli.cli import evaluate as evaluate_cli
+    from p2p_cli.cli import export as export_cli
+    from p2p_cli.cli import hub as hub_cli
+    from p2p_cli.cli import predict as predict_cli
     from p2p_cli.cli import prune as prune_cli
     from p2p_cli.cli import push as push_cli
     from p2p_cli.cli import quickstart as quickstart_cli
@@ -51,7 +54,10 @@ def _register() -> None:
     app.command("robustness", cls=robustness_cli.RobustnessCommand)(robustness_cli.robustness_cmd)
     app.command("push-prototypes")(push_cli.push_cmd)
     app.command("visualize", cls=visualize_cli.VisualizeCommand)(visualize_cli.visualize_cmd)
+    app.command("predict")(predict_cli.predict_cmd)
+    app.command("export")(export_cli.export_cmd)
     app.add_typer(data.app, name="data")
+    app.add_typer(hub_cli.app, name="hub")
 
 
 _register()

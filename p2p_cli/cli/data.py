@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from p2p_cli.cli.data_prepare import prepare_cmd
+
 app = typer.Typer(help="Dataset tools: synthesize the built-in data, check a dataset root.", no_args_is_help=True)
 
 
@@ -53,3 +55,6 @@ def check_cmd(
     Console().print(table)
     if any(r.status == "error" for r in rows):
         raise typer.Exit(1)
+
+
+app.command("prepare")(prepare_cmd)

@@ -1,0 +1,54 @@
+"""`p2p hub`: publish a finished run on the Hugging Face Hub, or fetch one into the local cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from p2p_cli.cli.common import WorkdirOpt
+
+app = typer.Typer(help="Hugging Face Hub: push a run, pull a model (every model REF also accepts "
+                       "hf-hub:ORG/NAME(@REV)).", no_args_is_help=True)
+
+
+@app.command("push")
+def push_cmd(
+    run: Annotated[str, typer.Argument(help="the run: a run directory or a run name in the workdir",
+                                       show_default=False)],
+    repo_id: Annotated[str, typer.Argument(help="Hub repository ORG/NAME (created if needed)", show_default=False)],
+    private: Annotated[bool, typer.Option("--private", help="create the repository as private")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list the files that would be uploaded; "
+                                          "write and upload nothing")] = False,
+    message: Annotated[str | None, typer.Option("--message", help="commit message")] = None,
+    base_model: Annotated[str | None, typer.Option("--base-model", help="ORG/NAME of the Hub model this one "
+                                                   "derives from (model card's base_model; default: the "
+                                                   "teacher's repository when it came from the Hub)")] = None,
+    workdir: WorkdirOpt = Path("runs"),
+) -> None:
+    """Upload a finished run: model.safetensors, config.yaml, prototypes.json, prototype images, metrics,
+    the environment record and the model card README.md (written now if p2p owns it). Needs a Hub
+    token (hf auth login, or HF_TOKEN)."""
+    from p2p_cli.io.hub import push_run
+
+    result = push_run(run, repo_id, workdir=workdir, private=private, dry_run=dry_run, commit_message=message,
+                      base_model=base_model)
+    if dry_run:
+        for name in result.files:
+            typer.echo(name)
+        typer.echo(f"dry run: would upload these {len(result.files)} files of {result.run} to {repo_id}"
+                   + (" (private)" if private else ""), err=True)
+        return
+    typer.echo(f"uploaded {len(result.files)} files of {result.run} to {repo_id}: {result.url}")
+    typer.echo(f"load it with: p2p predict --model hf-hub:{repo_id} IMAGES")
+
+
+@app.command("pull")
+def pull_cmd(
+    ref: Annotated[str, typer.Argument(help="hf-hub:ORG/NAME(@REV)", show_default=False)],
+) -> None:
+    """Download a p2p model into the Hugging Face cache (checked: safetensors only) and print its folder."""
+    from p2p_cli.io.hub import resolve_hub_ref
+
+    typer.echo(str(resolve_hub_ref(ref if ref.startswith("hf-hub:") else f"hf-hub:{ref}")))
