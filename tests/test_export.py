@@ -13,7 +13,7 @@ import torch
 from p2p_cli.data.loaders import load_dataset_index
 from p2p_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from p2p_cli.errors import P2PError
-from p2p_cli.explain.local import model_input, read_image
+from p2p_cli.explain.images import model_input, read_image
 from p2p_cli.export.check import check_onnx
 from p2p_cli.export.torchscript import load_torchscript
 from p2p_cli.export.wrapper import export_module

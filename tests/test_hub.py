@@ -28,7 +28,6 @@ from p2p_cli.io.hub import (
 )
 from p2p_cli.io.model_card import MARKER, parse_front_matter
 from p2p_cli.models.runs import load_run
-from p2p_cli.workflows.predict import load_model_ref
 from tests.test_cli_train import run_cli
 from tests.test_predict import trained_run
 
@@ -89,11 +88,21 @@ def test_cached_model_loads_offline(run, offline_cache):
     assert resolve_hub_ref("hf-hub:org/tiny") == snap
     assert resolve_hub_ref("hf-hub:org/tiny@main") == snap
     assert resolve_hub_ref(f"hf-hub:org/tiny@{SHA}") == snap
-    hub_model = load_model_ref("hf-hub:org/tiny", Path("unused"))
+    hub_model = load_run("hf-hub:org/tiny", Path("unused"))
     local = load_run(run)
     assert hub_model.weights == local.weights and hub_model.classes == local.classes
     for key, value in local.model.state_dict().items():
         assert torch.equal(hub_model.model.state_dict()[key], value), key
+
+
+def test_evaluate_loads_a_cached_hub_model_by_reference(run, offline_cache, tmp_path, capsys):
+    fake_cache(offline_cache, run)
+    out = tmp_path / "eval.json"
+    code, _, err = run_cli(["evaluate", "--model", "hf-hub:org/tiny", "--workdir", str(tmp_path / "empty"),
+                            "--device", "cpu", "--json", str(out), "-q"], capsys)
+    assert code == 0, err
+    report = json.loads(out.read_text())
+    assert report["teacher"] == "tiny" and report["models"]["tiny"]["weights_hash"] == load_run(run).weights
 
 
 def test_uncached_model_offline_is_one_line_naming_the_repo(offline_cache):
@@ -214,7 +223,8 @@ def run_copy(run: Path, tmp_path: Path) -> Path:
 
 
 def test_hub_files_are_the_run_records_only(run_copy):
-    assert hub_files(run_copy) == ["config.yaml", "metrics.jsonl", "model.safetensors", "prototypes.json",
+    assert hub_files(run_copy) == ["README.md", "config.yaml", "environment.json", "metrics.csv", "metrics.jsonl",
+                                   "model.safetensors", "prototypes.json",
                                    "prototypes/prototype-000-patch.png", "tensorboard/events.out.tfevents.1.host"]
 
 
@@ -244,8 +254,8 @@ def test_push_uploads_the_run_with_its_model_card(run_copy, monkeypatch):
     assert kwargs == {"private": True, "exist_ok": True, "repo_type": "model"}
     assert upload == "upload_folder"
     assert up["repo_id"] == "me/tiny-protopnet" and up["folder_path"] == str(run_copy) and up["repo_type"] == "model"
-    expected = ["README.md", "config.yaml", "metrics.jsonl", "model.safetensors", "prototypes.json",
-                "prototypes/prototype-000-patch.png", "tensorboard/events.out.tfevents.1.host"]
+    expected = ["README.md", "config.yaml", "environment.json", "metrics.csv", "metrics.jsonl", "model.safetensors",
+                "prototypes.json", "prototypes/prototype-000-patch.png", "tensorboard/events.out.tfevents.1.host"]
     assert up["allow_patterns"] == expected and result.files == expected
     card = (run_copy / "README.md").read_text()
     assert "p2p predict --model hf-hub:me/tiny-protopnet" in card and MARKER in card
@@ -263,18 +273,19 @@ def test_push_keeps_an_edited_card(run_copy, monkeypatch):
 def test_dry_run_lists_exactly_the_files_and_touches_nothing(run_copy, monkeypatch, capsys):
     rec = Recorder()
     rec.install(monkeypatch)
+    (run_copy / "README.md").unlink()  # a run finished before model cards existed: push writes one
     code, out, err = run_cli(["hub", "push", "teacher", "me/tiny", "--dry-run", "--workdir",
                               str(run_copy.parent)], capsys)
     assert code == 0, err
     assert out.splitlines() == ["README.md", *hub_files(run_copy)]
-    assert "would upload these 7 files" in err
+    assert "would upload these 9 files" in err
     assert rec.calls == [] and not (run_copy / "README.md").exists()
     code, out, err = run_cli(["hub", "push", "teacher", "me/tiny", "--private", "--workdir", str(run_copy.parent)],
                              capsys)
     assert code == 0, err
     assert [c[0] for c in rec.calls] == ["create_repo", "upload_folder"] and rec.calls[0][2]["private"] is True
     assert rec.calls[1][2]["allow_patterns"] == hub_files(run_copy)  # README.md now exists, so it is listed
-    assert f"uploaded 7 files of {run_copy} to me/tiny" in out and "p2p predict --model hf-hub:me/tiny" in out
+    assert f"uploaded 9 files of {run_copy} to me/tiny" in out and "p2p predict --model hf-hub:me/tiny" in out
 
 
 def test_push_refuses_bad_input(run_copy, tmp_path):

@@ -97,6 +97,10 @@ class TrainConfig:
     compile: bool = _key(False, "torch.compile the backbone")
     deterministic: bool = _key(False, "deterministic algorithms (bit-identical reruns and resumes)")
     seed: int = _key(0, "random seed")
+    log: str = _key("none", "training curves: every run writes metrics.csv; tensorboard also writes TensorBoard "
+                    "events to RUN/tensorboard/ (needs the tensorboard extra)", choices=("none", "tensorboard"))
+    eval_every: int = _key(1, "measure test accuracy every N training epochs (always after a push and "
+                           "at the last epoch)", minimum=1)
     # -- distillation (SPEC §5) ----------------------------------------------------------------
     teacher: str | None = _key(None, "teacher run (path, or name in the workdir)")
     method: str = _key("proto2proto", "distillation method", choices=("proto2proto", "hint", "rkd", "kd", "none"))

@@ -25,10 +25,11 @@ from p2p_cli.io.atomic import atomic_write_text
 @dataclass(frozen=True)
 class RunDir:
     path: Path
+    label: str | None = None  # the name to show when the folder's own name says nothing (a Hub snapshot)
 
     @property
     def name(self) -> str:
-        return self.path.name
+        return self.label or self.path.name
 
     @property
     def config_path(self) -> Path:
@@ -116,7 +117,13 @@ def list_runs(workdir: Path) -> list[RunDir]:
 
 
 def resolve_ref(ref: str | Path, workdir: Path) -> RunDir:
-    """A model reference → its run directory (SPEC §1 "Model references")."""
+    """A model reference → its run directory: a run directory, its ``model.safetensors``, a run
+    name inside ``workdir``, or ``hf-hub:ORG/NAME[@REV]`` (a run shared on the Hugging Face Hub,
+    fetched into the Hub's cache and verified: :func:`p2p_cli.io.hub.resolve_hub_ref`)."""
+    if str(ref).startswith("hf-hub:"):
+        from p2p_cli.io.hub import resolve_hub_ref
+
+        return RunDir(resolve_hub_ref(str(ref)), label=str(ref).split("/", 1)[-1].split("@")[0])
     path = Path(ref)
     if path.is_file() and path.suffix == ".safetensors":
         path = path.parent

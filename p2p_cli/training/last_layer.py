@@ -9,6 +9,7 @@ each round of merges.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -38,7 +39,7 @@ def fit_last_layer(model: nn.Module, opt: torch.optim.Optimizer, sims: torch.Ten
     step of ``opt`` per batch. ``opt`` must be bound to ``model.last_layer``'s parameters: after
     the model is rebuilt (pruning), create a new optimizer. Under torch.distributed every rank
     holds all rows, so the steps are identical and need no gradient sync.
-    Returns one row per epoch: ``ll_epoch``, loss terms, ``train_acc`` (and ``test_acc``).
+    Returns one row per epoch: ``ll_epoch``, loss terms, ``train_acc`` (and ``test_acc``), ``seconds``.
     """
     with _one_thread(sims.device.type == "cpu"):
         return _fit_last_layer(model, opt, sims, labels, cfg, epochs, generator, test_accuracy)
@@ -62,6 +63,7 @@ def _fit_last_layer(model: nn.Module, opt: torch.optim.Optimizer, sims: torch.Te
                     test_accuracy: Callable[[], float] | None) -> list[dict[str, Any]]:
     rows = []
     for e in range(epochs):
+        t0 = time.perf_counter()
         order = torch.randperm(len(labels), generator=generator).to(sims.device)
         sums: dict[str, float] = defaultdict(float)
         correct = 0
@@ -81,5 +83,6 @@ def _fit_last_layer(model: nn.Module, opt: torch.optim.Optimizer, sims: torch.Te
         row["train_acc"] = correct / n
         if test_accuracy is not None:
             row["test_acc"] = test_accuracy()
+        row["seconds"] = round(time.perf_counter() - t0, 3)  # this epoch's own time
         rows.append(row)
     return rows

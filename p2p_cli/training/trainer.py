@@ -23,6 +23,8 @@ from torch.utils.data import Dataset
 from p2p_cli.data.loaders import DataBundle, eval_loader, train_loader
 from p2p_cli.io.atomic import atomic_write_json
 from p2p_cli.io.config import TrainConfig
+from p2p_cli.io.metrics_log import RunLogs, lr_fields
+from p2p_cli.io.model_card import write_model_card
 from p2p_cli.io.rundir import RunDir
 from p2p_cli.models.factory import save_model
 from p2p_cli.models.protopnet import PrototypeNetwork, log_similarity
@@ -64,6 +66,7 @@ class Trainer:
         self.extra = nn.ModuleDict(objective.extra_modules()).to(rt.device)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.state = TrainState()
+        self.logs: RunLogs | None = None
         self.steps = self.recipe.plan(cfg)
         self.scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
 
@@ -111,6 +114,9 @@ class Trainer:
         if resume:
             self._load_snapshot()
             self.reporter.info(f"resuming at step {self.state.step + 1}/{len(self.steps)}")
+        if self.run is not None and self.rt.is_main:  # metrics.csv (+ TensorBoard) as the run goes
+            self.logs = RunLogs(self.run.path, tensorboard=self.cfg.log == "tensorboard",
+                                start=len(self.state.records))
         stage_rows: list[dict[str, Any]] = []
         for i in range(self.state.step, len(self.steps)):
             step = self.steps[i]
@@ -193,8 +199,18 @@ class Trainer:
         row: dict[str, Any] = {"epoch": step.epoch + 1, "stage": step.stage}
         row.update({k: float(stats[2 + i] / stats[1]) for i, k in enumerate(sorted(sums))})
         row["train_acc"] = float(stats[0] / stats[1])
-        row["test_acc"] = self.test_accuracy()
+        if opt is not None:
+            row.update(lr_fields(opt.param_groups))
+        if self._evaluate_after(step, index):
+            row["test_acc"] = self.test_accuracy()
         return row
+
+    def _evaluate_after(self, step: Step, index: int) -> bool:
+        """Test accuracy after every ``eval_every``-th epoch, the last epoch, and an epoch a push follows."""
+        if (step.epoch + 1) % self.cfg.eval_every == 0 or step.epoch + 1 == self.cfg.epochs:
+            return True
+        in_plan = index + 1 < len(self.steps) and self.steps[index] == step  # (prune's tuning epochs are not)
+        return in_plan and self.steps[index + 1].kind != "epoch"
 
     def push(self, step: Step) -> dict[str, Any]:
         """Project every prototype onto its nearest own-class training patch (in place); keeps
@@ -240,7 +256,8 @@ class Trainer:
         rows = fit_last_layer(model, opt, log_similarity(train_d), train_y, cfg, cfg.last_layer_epochs,
                               generator=torch.Generator().manual_seed(cfg.seed),
                               test_accuracy=lambda: self.test_accuracy(test_cache))
-        return [{"epoch": step.epoch + 1, "stage": "last_layer", **row} for row in rows]
+        lrs = lr_fields(opt.param_groups)
+        return [{"epoch": step.epoch + 1, "stage": "last_layer", **row, **lrs} for row in rows]
 
     # -- persistence --------------------------------------------------------------------------
     def _save_snapshot(self) -> None:
@@ -249,6 +266,8 @@ class Trainer:
         save_snapshot(self.run.snapshot_path, self.model, self.extra, self.optimizers, self.scaler, self.state,
                       self.data.classes)
         self.run.write_metrics(self.state.records)
+        if self.logs is not None:
+            self.logs.update(self.state.records)
 
     def _load_snapshot(self) -> None:
         assert self.run is not None
@@ -274,6 +293,10 @@ class Trainer:
         atomic_write_json(self.run.prototypes_path, {"grid": self.state.grid, "image_size": self.cfg.image_size,
                                                      "prototypes": self.state.prototypes})
         self.run.write_metrics(self.state.records)
+        if self.logs is not None:
+            self.logs.update(self.state.records)
+            self.logs.close()
+        write_model_card(self.run.path)
         self.run.snapshot_path.unlink(missing_ok=True)
 
 
@@ -281,6 +304,6 @@ def _columns(rows: list[dict[str, Any]]) -> list[str]:
     cols: list[str] = []
     for r in rows:
         for k in r:
-            if k not in cols and k not in ("seconds", "stage"):
+            if k not in cols and k not in ("seconds", "stage") and not k.startswith("lr"):
                 cols.append(k)
     return cols + ["seconds"]

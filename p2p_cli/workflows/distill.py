@@ -29,7 +29,7 @@ from p2p_cli.runtime.seeding import seed_everything, set_deterministic
 from p2p_cli.training.distillation import DistillObjective
 from p2p_cli.training.objectives import TaskObjective
 from p2p_cli.training.trainer import Trainer
-from p2p_cli.workflows.runs import open_run, training_adversary, write_run_config
+from p2p_cli.workflows.runs import open_run, training_adversary, write_environment, write_run_config
 
 
 def load_teacher(ref: str | None, workdir: Path, rt: Runtime) -> LoadedRun:
@@ -112,6 +112,7 @@ def distill(cfg: TrainConfig, *, workdir: Path, name: str, rt: Runtime, reporter
     run = open_run(workdir, name, rt, overwrite=overwrite, resume=resume)
     if rt.is_main and not resume:
         write_run_config(run, cfg, "distill", {"teacher_run": teacher_info})
+        write_environment(run, rt)
     reporter.info(f"[bold]distill[/] {name}: {teacher.config.backbone} ({loaded.run.name}) → {cfg.backbone}, "
                   f"method {cfg.method}, head {head}, fidelity {cfg.fidelity}; {student.num_prototypes} "
                   f"prototypes × D={student.prototype_depth}, device {rt.device}")

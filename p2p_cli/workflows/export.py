@@ -17,8 +17,8 @@ from p2p_cli.export.onnx import export_onnx
 from p2p_cli.export.torchscript import export_torchscript
 from p2p_cli.export.wrapper import export_metadata, export_module, sample_inputs
 from p2p_cli.io.hub import is_hub_ref, parse_hub_ref
+from p2p_cli.models.runs import load_run
 from p2p_cli.runtime.reporter import Reporter
-from p2p_cli.workflows.predict import load_model_ref
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 
@@ -59,7 +59,7 @@ def export_run(req: ExportRequest, reporter: Reporter) -> ExportResult:
         raise P2PError(f"unknown export format '{req.format}' (onnx or torchscript)")
     if req.check_images < 1:
         raise P2PError(f"--check-images must be >= 1, got {req.check_images}")
-    loaded = load_model_ref(req.model, req.workdir)
+    loaded = load_run(req.model, req.workdir)
     module = export_module(loaded.model)
     s = loaded.image_size
     out = req.out or default_out(req.model, loaded.run.path, req.format)

@@ -25,21 +25,12 @@ import torch
 from p2p_cli.data.datasets import IMAGE_EXTENSIONS
 from p2p_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from p2p_cli.errors import P2PError
-from p2p_cli.explain.local import model_input, read_image
-from p2p_cli.io.hub import is_hub_ref, resolve_hub_ref
-from p2p_cli.io.rundir import RunDir
+from p2p_cli.explain.images import model_input, read_image
 from p2p_cli.models.maps import patch_box
 from p2p_cli.models.protopnet import log_similarity
-from p2p_cli.models.runs import LoadedRun, load_run, load_run_dir
+from p2p_cli.models.runs import LoadedRun, load_run
 from p2p_cli.runtime.device import Runtime
 from p2p_cli.runtime.reporter import Reporter
-
-
-def load_model_ref(ref: str, workdir: Path) -> LoadedRun:
-    """:func:`~p2p_cli.models.runs.load_run` that also accepts ``hf-hub:ORG/NAME[@REV]``."""
-    if is_hub_ref(ref):
-        return load_run_dir(RunDir(resolve_hub_ref(ref)))
-    return load_run(ref, workdir)
 
 
 @dataclass
@@ -168,7 +159,7 @@ def predict(req: PredictRequest, rt: Runtime, reporter: Reporter) -> PredictResu
     paths = collect_images(req.inputs)
     if not paths:
         raise P2PError("no images given (pass image files or folders of images)")
-    loaded = load_model_ref(req.model, req.workdir).to(rt.device, channels_last=rt.channels_last)
+    loaded = load_run(req.model, req.workdir).to(rt.device, channels_last=rt.channels_last)
     s = loaded.image_size
     mean = torch.tensor(IMAGENET_MEAN, device=rt.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=rt.device).view(1, 3, 1, 1)

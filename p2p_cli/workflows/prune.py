@@ -20,6 +20,8 @@ from p2p_cli.data.loaders import build_datasets
 from p2p_cli.errors import P2PError
 from p2p_cli.io.atomic import atomic_write_json
 from p2p_cli.io.config import with_overrides
+from p2p_cli.io.metrics_log import METRICS_CSV, write_metrics_csv
+from p2p_cli.io.model_card import write_model_card
 from p2p_cli.io.rundir import RunDir
 from p2p_cli.models.factory import save_model
 from p2p_cli.models.runs import load_run
@@ -27,7 +29,7 @@ from p2p_cli.pruning.loop import PruneOptions, PruneResult, prune_model, round_s
 from p2p_cli.runtime.device import Runtime
 from p2p_cli.runtime.reporter import Reporter
 from p2p_cli.runtime.seeding import seed_everything, set_deterministic
-from p2p_cli.workflows.runs import open_run, training_adversary, write_run_config
+from p2p_cli.workflows.runs import open_run, training_adversary, write_environment, write_run_config
 
 __all__ = ["PruneOptions", "PruneResult", "prune", "prototype_records", "summarize"]
 
@@ -81,11 +83,14 @@ def prune(ref: str, *, workdir: Path, name: str | None, opts: PruneOptions, rt: 
     if rt.is_main:
         extra_cfg = {k: v for k, v in src_cfg.items() if k == "teacher_run"}
         write_run_config(run, cfg, "prune", {**extra_cfg, "pruning": record})
+        write_environment(run, rt)
         extra = {k: v for k, v in meta.items() if k not in _OWN_META}
         extra.update(test_acc=result.test_acc_after, pruning=record)
         save_model(run.model_path, result.model, stage="final", class_names=data.classes, extra=extra)
         atomic_write_json(run.prototypes_path, prototype_records(source, result, data.classes))
         run.write_metrics(result.rounds)
+        write_metrics_csv(run.path / METRICS_CSV, result.rounds)
+        write_model_card(run.path)
     summary = summarize(result, source, run, data.classes, model.class_identity, opts)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return run, summary

@@ -1,5 +1,5 @@
-"""What the commands that write a run share: open its directory, record its config, and build
-the training-time adversary a config asks for."""
+"""What the commands that write a run share: open its directory, record its config and its
+environment, and build the training-time adversary a config asks for."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import p2p_cli
-from p2p_cli.io.atomic import atomic_write_yaml
+from p2p_cli.io.atomic import atomic_write_json, atomic_write_yaml
 from p2p_cli.io.config import SCHEMA_VERSION, TrainConfig
 from p2p_cli.io.rundir import RunDir, prepare_run
 from p2p_cli.runtime.device import Runtime
 from p2p_cli.runtime.distributed import barrier
+from p2p_cli.runtime.environment import ENVIRONMENT_JSON, environment_record
 from p2p_cli.training.trainer import Adversary
 
 
@@ -22,6 +23,11 @@ def write_run_config(run: RunDir, cfg: TrainConfig, command: str, extra: dict[st
     data = {"schema_version": SCHEMA_VERSION, "p2p_version": p2p_cli.__version__, "command": command,
             "argv": sys.argv[1:], **(extra or {}), **cfg.to_dict()}
     atomic_write_yaml(run.config_path, data)
+
+
+def write_environment(run: RunDir, rt: Runtime) -> None:
+    """``environment.json``: versions, device, CPU features, threads, world size, command line."""
+    atomic_write_json(run.path / ENVIRONMENT_JSON, environment_record(rt, sys.argv))
 
 
 def open_run(workdir: Path, name: str, rt: Runtime, *, overwrite: bool, resume: bool) -> RunDir:

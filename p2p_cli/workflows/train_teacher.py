@@ -16,7 +16,7 @@ from p2p_cli.runtime.reporter import Reporter
 from p2p_cli.runtime.seeding import seed_everything, set_deterministic
 from p2p_cli.training.objectives import TaskObjective
 from p2p_cli.training.trainer import Trainer
-from p2p_cli.workflows.runs import open_run, training_adversary, write_run_config
+from p2p_cli.workflows.runs import open_run, training_adversary, write_environment, write_run_config
 
 
 def train_teacher(cfg: TrainConfig, *, workdir: Path, name: str, rt: Runtime, reporter: Reporter,
@@ -32,6 +32,7 @@ def train_teacher(cfg: TrainConfig, *, workdir: Path, name: str, rt: Runtime, re
     run = open_run(workdir, name, rt, overwrite=overwrite, resume=resume)
     if rt.is_main and not resume:
         write_run_config(run, cfg, "train-teacher")
+        write_environment(run, rt)
     reporter.info(f"[bold]train-teacher[/] {name}: {cfg.arch} {cfg.backbone}, {model.num_prototypes} prototypes × "
                   f"D={model.prototype_depth}, {len(data.classes)} classes, {len(data.index.train)} train / "
                   f"{len(data.index.test)} test images at {cfg.image_size} px, device {rt.device}, "
