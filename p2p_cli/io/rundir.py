@@ -1,4 +1,4 @@
-"""Run directories (SPEC §10) and model references.
+"""Run directories and model references.
 
 ```
 <workdir>/<name>/
@@ -116,7 +116,11 @@ def list_runs(workdir: Path) -> list[RunDir]:
 
 
 def resolve_ref(ref: str | Path, workdir: Path) -> RunDir:
-    """A model reference → its run directory (SPEC §1 "Model references")."""
+    """A model reference → its run directory.
+
+    ``ref`` is a run directory, its ``model.safetensors``, or the name of a run in ``workdir``; a
+    one-line P2PError lists the workdir's runs when none matches.
+    """
     path = Path(ref)
     if path.is_file() and path.suffix == ".safetensors":
         path = path.parent
