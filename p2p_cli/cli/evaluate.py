@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from p2p_cli.cli.common import variadic_command, write_json_report
 from p2p_cli.cli.options import Common, JsonOpt, ModelsOpt, RunData, with_options
-from p2p_cli.workflows.evaluate import ALL_METRICS, EvalOptions, evaluate_models, parse_taus, print_report
+from p2p_cli.workflows.evaluate import ALL_METRICS  # torch-free after the merge: p2p_cli.evaluation.options
 
 # --model, --metrics and --tau take several values after one flag
 EvaluateCommand = variadic_command("--model", "-m", "--metrics", "--tau")
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """The evaluation tables on stdout (imported when needed: their module loads torch until the merge)."""
+    from p2p_cli.workflows.evaluate import print_report as show  # after the merge: p2p_cli.cli.evaluate_table
+
+    show(report)
 
 
 @with_options
@@ -53,6 +60,8 @@ def evaluate_cmd(
     cached per weights, dataset and split. The teacher is always the first row (AJS = PMS = 1); Δ against
     the baseline student in parentheses, as in the paper's Table 2.
     """
+    from p2p_cli.workflows.evaluate import EvalOptions, evaluate_models, parse_taus
+
     h_tau = parse_taus([headline_tau])[0] if headline_tau else None
     opts = EvalOptions(metrics=tuple(metrics or ()) or EvalOptions().metrics, taus=parse_taus(tau), split=split,
                        fidelity=fidelity, dataset=data.dataset, data_root=data.data_root, batch_size=data.batch_size,

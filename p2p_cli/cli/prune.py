@@ -9,7 +9,6 @@ import typer
 from p2p_cli.cli.options import Common, JsonOpt, OverwriteOpt, RunData, only, with_options
 from p2p_cli.io.atomic import atomic_write_json
 from p2p_cli.workflows.commands import PruneRequest, prune_command
-from p2p_cli.workflows.prune import PruneOptions
 
 
 @with_options
@@ -43,6 +42,8 @@ def prune_cmd(
     layer is fine-tuned after each round. knn (Chen et al., NeurIPS 2019): drop prototypes with fewer
     than --knn-min own-class images among their --knn-k nearest, then fine-tune the last layer.
     """
+    from p2p_cli.workflows.prune import PruneOptions
+
     opts = PruneOptions(method=method, target=target, step=step, fine_tune_epochs=fine_tune_epochs,
                         feature_epochs=feature_epochs, knn_k=knn_k, knn_min=knn_min)
     req = PruneRequest(model=model, options=opts, name=name, overwrite=overwrite, data_root=data.data_root,

@@ -8,7 +8,6 @@ import typer
 
 from p2p_cli.cli.options import Common, JsonOpt, RunData, with_options
 from p2p_cli.io.atomic import atomic_write_json
-from p2p_cli.workflows.push import PushRequest, push_run
 
 
 @with_options
@@ -38,6 +37,8 @@ def push_cmd(
     --save-images, RUN/prototypes/*.png. A pushed model moves nothing; if the push moves prototypes, the
     weights change: pass --overwrite, or --name NEW for a new run.
     """
+    from p2p_cli.workflows.push import PushRequest, push_run
+
     rep = common.reporter()
     req = PushRequest(model=model, workdir=common.workdir, dataset=data.dataset, data_root=data.data_root,
                       save_images=save_images, name=name, overwrite=overwrite, batch_size=data.batch_size,

@@ -6,10 +6,9 @@ from typing import Annotated
 
 import typer
 
+from p2p_cli.cli.evaluate import print_report
 from p2p_cli.cli.options import Common, only, with_options
-from p2p_cli.workflows.evaluate import print_report
 from p2p_cli.workflows.presets import PRESETS
-from p2p_cli.workflows.quickstart import QuickstartOptions, quickstart_command
 
 
 @with_options
@@ -30,6 +29,8 @@ def quickstart_cmd(
     evaluates and explains them all, and writes WORKDIR/report/ (report.md, report.html, report.json).
     Finished runs are reused and interrupted ones resumed: run it again after an interruption.
     """
+    from p2p_cli.workflows.quickstart import QuickstartOptions, quickstart_command
+
     opts = QuickstartOptions(workdir=common.workdir, preset=preset, seeds=seeds, ablations=ablations,
                              device=common.device)
     result = quickstart_command(opts, common.reporter())

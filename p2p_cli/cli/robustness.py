@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from p2p_cli.cli.common import variadic_command, write_json_report
 from p2p_cli.cli.options import Common, JsonOpt, ModelsOpt, RunData, only, with_options
-from p2p_cli.workflows.robustness import (
-    ATTACKS,
-    REGIONS,
-    AttackSettings,
-    JpegSettings,
-    RobustnessOptions,
-    parse_budget,
-    print_report,
-    run_robustness,
-)
+from p2p_cli.workflows.robustness import ATTACKS, REGIONS  # needs a torch-free home (see the report)
 
 RobustnessCommand = variadic_command("--model", "-m")  # --model a b c
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """The robustness tables on stdout (imported when needed: their module loads torch until the merge)."""
+    from p2p_cli.workflows.robustness import print_report as show  # after the merge: p2p_cli.cli.robustness_table
+
+    show(report)
 
 
 @with_options
@@ -62,6 +60,14 @@ def robustness_cmd(
     jpeg: prototype similarities on clean vs JPEG-compressed test images, with histograms. --teacher:
     how often the students' explanations move on the teacher's adversarial images.
     """
+    from p2p_cli.workflows.robustness import (
+        AttackSettings,
+        JpegSettings,
+        RobustnessOptions,
+        parse_budget,
+        run_robustness,
+    )
+
     s = common.seed or 0
     stomach = AttackSettings(eps=parse_budget(eps, "eps"), step=parse_budget(step, "step"), iters=iters,
                              top_k=top_k, images=images if images is not None else 200, region=region,

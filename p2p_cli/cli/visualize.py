@@ -10,7 +10,6 @@ import typer
 from p2p_cli.cli.common import variadic_command
 from p2p_cli.cli.options import Common, ModelsOpt, with_options
 from p2p_cli.workflows.commands import visualize_command
-from p2p_cli.workflows.visualize import VisualizeRequest
 
 VisualizeCommand = variadic_command("--model", "-m")  # --model a b c
 
@@ -44,6 +43,8 @@ def visualize_cmd(
     the image and its source patch. --model defaults to the workdir's teacher, baseline and KD student.
     Writes OUT/explanation.png, OUT/gallery.png (with --prototypes) and a self-contained OUT/index.html.
     """
+    from p2p_cli.workflows.visualize import VisualizeRequest
+
     rep = common.reporter()
     req = VisualizeRequest(image=image, models=list(model or []), workdir=common.workdir, out=out, top_k=top_k,
                            class_name=class_name, prototypes=prototypes, show_parts=show_parts,
