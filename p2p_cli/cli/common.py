@@ -1,4 +1,4 @@
-"""What several commands share besides their options: flags that take several values, the ``--json`` file."""
+"""What several commands print: the ``--json`` report file."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
-from typer.core import TyperCommand
 
+from p2p_cli.cli.command import expand_variadic, variadic_command  # noqa: F401  re-export: remove after merge
 from p2p_cli.cli.options import (  # noqa: F401  re-export: remove after merge
     DeviceOpt,
     QuietOpt,
@@ -26,56 +25,6 @@ from p2p_cli.runtime.reporter import Reporter
 def reporter(verbose: bool, quiet: bool, rank: int = 0) -> Reporter:  # re-export: remove after merge
     """The old helper for commands not yet on :class:`~p2p_cli.cli.options.Common` (use ``common.reporter()``)."""
     return Reporter(enabled=not quiet and rank == 0, verbose=verbose)
-
-
-def _is_option(token: str) -> bool:
-    """An option name (``--x``, ``-x``), not a value such as ``-1`` or ``-inf``."""
-    if not token.startswith("-") or token == "-":
-        return False
-    try:
-        float(token)
-        return False
-    except ValueError:
-        return True
-
-
-def expand_variadic(args: list[str], flags: tuple[str, ...]) -> list[str]:
-    """``--metrics acc aap --tau 0.1 inf`` → ``--metrics acc --metrics aap --tau 0.1 --tau inf``.
-
-    Click options take one value each; the documented syntax lists several after one flag. Values
-    run until the next option (a token starting with ``-`` that is not a number) or ``--``.
-    """
-    out: list[str] = []
-    current: str | None = None
-    i = 0
-    while i < len(args):
-        tok = args[i]
-        if tok == "--":
-            out.extend(args[i:])
-            break
-        if _is_option(tok):
-            name = tok.split("=", 1)[0]
-            current = name if name in flags and "=" not in tok else None
-            out.append(tok)
-            if current is not None and i + 1 < len(args):
-                out.append(args[i + 1])
-                i += 1
-        elif current is not None:
-            out.extend([current, tok])
-        else:
-            out.append(tok)
-        i += 1
-    return out
-
-
-def variadic_command(*flags: str) -> type[TyperCommand]:
-    """A Typer command class whose ``flags`` (list options) take several values after one flag."""
-
-    class VariadicCommand(TyperCommand):
-        def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-            return super().parse_args(ctx, expand_variadic(list(args), flags))
-
-    return VariadicCommand
 
 
 def write_json_report(path: Path | None, report: dict[str, Any], quiet: bool) -> None:

@@ -9,13 +9,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(help="Dataset tools: synthesize the built-in data, check a dataset root.", no_args_is_help=True)
+from p2p_cli.cli.command import P2PCommand, P2PGroup
+
+app = typer.Typer(help="Dataset tools: synthesize the built-in data, check a dataset root.", no_args_is_help=True,
+                  cls=P2PGroup)
 
 
-@app.command("synthesize")
+@app.command("synthesize", cls=P2PCommand)
 def synthesize_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="folder to write (CUB-200-2011 layout)")],
-    preset: Annotated[str, typer.Option(help="easy | hard")] = "easy",
+    preset: Annotated[str, typer.Option(help="difficulty", metavar="easy|hard")] = "easy",
     classes: Annotated[int, typer.Option("--classes", min=2, help="number of classes")] = 10,
     train_per_class: Annotated[int, typer.Option(min=1, help="training images per class")] = 100,
     test_per_class: Annotated[int, typer.Option(min=1, help="test images per class")] = 40,
@@ -23,7 +26,12 @@ def synthesize_cmd(
     seed: Annotated[int, typer.Option(help="generator seed")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing folder")] = False,
 ) -> None:
-    """Write the built-in synthetic dataset (deterministic) with ground-truth parts and boxes."""
+    """Write the built-in synthetic dataset (deterministic) with ground-truth parts and boxes.
+
+    Examples:
+      p2p data synthesize --out data/synthetic
+      p2p data synthesize --out data/hard --preset hard --classes 20
+    """
     from p2p_cli.data.synthetic import synthesize
     from p2p_cli.errors import P2PError
 
@@ -35,12 +43,19 @@ def synthesize_cmd(
                f"{image_size} px, preset {preset}")
 
 
-@app.command("check")
+@app.command("check", cls=P2PCommand)
 def check_cmd(
-    dataset: Annotated[str, typer.Option("--dataset", help="cub | cars | folder | synthetic")],
+    dataset: Annotated[str, typer.Option("--dataset", help="dataset kind", metavar="cub|cars|folder|synthetic")],
     data_root: Annotated[Path | None, typer.Option("--data-root", help="dataset root")] = None,
 ) -> None:
-    """Validate a dataset root: layout, unreadable images, empty classes, train/test duplicates."""
+    """Validate a dataset root: layout, unreadable images, empty classes, train/test duplicates.
+
+    Exits with status 1 when a check fails.
+
+    Examples:
+      p2p data check --dataset cub --data-root ~/data/CUB_200_2011
+      p2p data check --dataset folder --data-root data/flowers
+    """
     from p2p_cli.data.check import check_dataset
 
     rows = check_dataset(dataset, data_root)

@@ -29,6 +29,11 @@ def distill_cmd(
     Proto2Proto (default) minimises L_ppnet + λ_global·L_global + λ_ppc·L_ppc (Eq. 6, with L_global Eq. 5
     and L_ppc Eq. 4); stage 1 (the warm epochs) trains the transfer losses only. --method none trains the
     baseline student; hint, rkd and kd are the knowledge-distillation baselines.
+
+    Examples:
+      p2p distill -c examples/synthetic-fast.yaml -t t -s resnet18 --name s
+      p2p distill -c examples/synthetic-fast.yaml -t t --method none --name b
+      p2p distill -c examples/synthetic-fast.yaml -t t --method kd --name kd
     """
     overrides = {**overrides, "seed": common.seed, "teacher": teacher, "backbone": student}
     opts = TrainOptions(config_file=config, overrides=overrides, name=name, workdir=common.workdir,

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from p2p_cli.cli.common import variadic_command, write_json_report
+from p2p_cli.cli.command import variadic_command
+from p2p_cli.cli.common import write_json_report
 from p2p_cli.cli.options import Common, JsonOpt, ModelsOpt, RunData, with_options
 from p2p_cli.workflows.evaluate import ALL_METRICS  # torch-free after the merge: p2p_cli.evaluation.options
 
@@ -59,6 +60,11 @@ def evaluate_cmd(
     --metrics all also consistency and stability (Huang et al., ICCV 2023). One forward pass per model,
     cached per weights, dataset and split. The teacher is always the first row (AJS = PMS = 1); Δ against
     the baseline student in parentheses, as in the paper's Table 2.
+
+    Examples:
+      p2p evaluate --model baseline s
+      p2p evaluate -m baseline s -t t --metrics acc ajs pms --tau 0.1 1 inf
+      p2p evaluate --model s --metrics all --json eval.json
     """
     from p2p_cli.workflows.evaluate import EvalOptions, evaluate_models, parse_taus
 

@@ -18,7 +18,12 @@ def models_cmd(
     timm_filter: Annotated[str | None, typer.Option("--timm", help="also list timm models matching a pattern, "
                                                     "e.g. 'efficientnet*' (any timm CNN can be a backbone)")] = None,
 ) -> None:
-    """List the registered backbones and the trained models in WORKDIR."""
+    """List the registered backbones and the trained models in WORKDIR.
+
+    Examples:
+      p2p models
+      p2p models --workdir runs --timm 'efficientnet*'
+    """
     listing = models_command(workdir, timm_filter)
     console = Console()
     table = Table(title="backbones", title_justify="left")

@@ -48,6 +48,7 @@ _PANELS = {"dataset": "Data", "backbone": "Model", "epochs": "Schedule", "precis
            "teacher": "Distillation"}
 DISTILL_KEYS = ("teacher", "method", "lambda_global", "lambda_ppc", "tau_train", "ppnet_loss", "head", "fidelity",
                 "kd_weight", "kd_temperature")
+PATH_KEYS = ("data_root", "weights")
 
 
 # -- option groups --------------------------------------------------------------------------------
@@ -72,11 +73,11 @@ class RunData:
     """What a command that reads a trained run may change about the data the run records."""
 
     dataset: Annotated[str | None, typer.Option(
-        "--dataset", help="dataset kind instead of the run's", metavar="synthetic|cub|cars|folder",
+        "--dataset", help="dataset kind instead of the run's", metavar="[synthetic|cub|cars|folder]",
         rich_help_panel="Data")] = None
     data_root: Annotated[str | None, typer.Option(
         "--data-root", help="dataset root instead of the run's (e.g. the dataset moved since training)",
-        rich_help_panel="Data")] = None
+        metavar="PATH", rich_help_panel="Data")] = None
     batch_size: Annotated[int | None, typer.Option(
         "--batch-size", min=1, help="images per forward pass (default: the run's test_batch_size)",
         rich_help_panel="Data")] = None
@@ -84,7 +85,7 @@ class RunData:
         "--workers", min=0, help="image-loading workers (default: the run's workers)", rich_help_panel="Data")] = None
     precision: Annotated[str | None, typer.Option(
         "--precision", help="autocast precision of the backbone (default: the run's)",
-        metavar="auto|bf16|fp16|fp32", rich_help_panel="Data")] = None
+        metavar="[auto|bf16|fp16|fp32]", rich_help_panel="Data")] = None
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,9 @@ def config_flag(key: str) -> str:
 def _config_metavar(key: str) -> str:
     choices = KEYS[key].metadata.get("choices")
     if choices:
-        return "|".join(choices)
+        return "[" + "|".join(choices) + "]"
+    if key in PATH_KEYS:
+        return "PATH"
     name = str(KEYS[key].type)
     return "INT" if "int" in name else "FLOAT" if "float" in name else "TEXT"
 

@@ -41,6 +41,11 @@ def prune_cmd(
     the survivor's vector, sums the last-layer columns and serves the union of the classes; the last
     layer is fine-tuned after each round. knn (Chen et al., NeurIPS 2019): drop prototypes with fewer
     than --knn-min own-class images among their --knn-k nearest, then fine-tune the last layer.
+
+    Examples:
+      p2p prune --model s --target 50
+      p2p prune --model s --target 50 --step 5 --fine-tune-epochs 30 --name s-50
+      p2p prune --model s --method knn --knn-min 3
     """
     from p2p_cli.workflows.prune import PruneOptions
 

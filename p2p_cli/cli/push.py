@@ -36,6 +36,11 @@ def push_cmd(
     distance before and after, receptive-field box, 95th-percentile activation box) and, with
     --save-images, RUN/prototypes/*.png. A pushed model moves nothing; if the push moves prototypes, the
     weights change: pass --overwrite, or --name NEW for a new run.
+
+    Examples:
+      p2p push-prototypes --model teacher
+      p2p push-prototypes --model s --name s-pushed
+      p2p push-prototypes -m teacher --data-root /moved/CUB --json push.json
     """
     from p2p_cli.workflows.push import PushRequest, push_run
 

@@ -28,6 +28,11 @@ def quickstart_cmd(
     Trains a teacher, a baseline student and a Proto2Proto student, prunes the Proto2Proto student,
     evaluates and explains them all, and writes WORKDIR/report/ (report.md, report.html, report.json).
     Finished runs are reused and interrupted ones resumed: run it again after an interruption.
+
+    Examples:
+      p2p quickstart --workdir runs
+      p2p quickstart --workdir runs --seeds 3
+      p2p quickstart --workdir runs --ablations
     """
     from p2p_cli.workflows.quickstart import QuickstartOptions, quickstart_command
 

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from p2p_cli.cli.common import variadic_command, write_json_report
+from p2p_cli.cli.command import variadic_command
+from p2p_cli.cli.common import write_json_report
 from p2p_cli.cli.options import Common, JsonOpt, ModelsOpt, RunData, only, with_options
 from p2p_cli.workflows.robustness import ATTACKS, REGIONS  # needs a torch-free home (see the report)
 
@@ -59,6 +60,11 @@ def robustness_cmd(
     head-on-stomach: PGD (Eq. 2-3) moves a top-k prototype's best match out of its original region S.
     jpeg: prototype similarities on clean vs JPEG-compressed test images, with histograms. --teacher:
     how often the students' explanations move on the teacher's adversarial images.
+
+    Examples:
+      p2p robustness --model teacher --images 50
+      p2p robustness --teacher teacher --model p2p --images 50
+      p2p robustness --model teacher p2p --attack jpeg --json jpeg.json
     """
     from p2p_cli.workflows.robustness import (
         AttackSettings,

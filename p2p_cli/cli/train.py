@@ -32,6 +32,11 @@ def train_teacher_cmd(
 
     A teacher is this command with a big backbone; a baseline student the same with a small one.
     The run is written to WORKDIR/NAME (config.yaml, model.safetensors, prototypes.json, metrics.jsonl).
+
+    Examples:
+      p2p train-teacher -c examples/synthetic-fast.yaml --name t
+      p2p train-teacher -c examples/synthetic-fast.yaml --name t --resume
+      p2p train-teacher --dataset cub --data-root ~/CUB_200_2011 --pretrained
     """
     opts = TrainOptions(config_file=config, overrides={**overrides, "seed": common.seed}, name=name,
                         workdir=common.workdir, device=common.device, overwrite=overwrite, resume=resume)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from p2p_cli.cli.common import variadic_command
+from p2p_cli.cli.command import variadic_command
 from p2p_cli.cli.options import Common, ModelsOpt, with_options
 from p2p_cli.workflows.commands import visualize_command
 
@@ -42,6 +42,11 @@ def visualize_cmd(
     last-layer weight, ProtoPNet's local explanation), each with its heat map and 95th-percentile box on
     the image and its source patch. --model defaults to the workdir's teacher, baseline and KD student.
     Writes OUT/explanation.png, OUT/gallery.png (with --prototypes) and a self-contained OUT/index.html.
+
+    Examples:
+      p2p visualize --image bird.jpg
+      p2p visualize --image bird.jpg --model teacher proto2proto --top-k 3
+      p2p visualize --image bird.jpg --prototypes --out figs/
     """
     from p2p_cli.workflows.visualize import VisualizeRequest
 
