@@ -33,12 +33,9 @@ def synthesize_cmd(
       p2p data synthesize --out data/hard --preset hard --classes 20
     """
     from p2p_cli.data.synthetic import synthesize
-    from p2p_cli.errors import P2PError
 
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise P2PError(f"'{out}' exists and is not empty; pass --overwrite to replace it")
     path = synthesize(out, preset=preset, num_classes=classes, train_per_class=train_per_class,
-                      test_per_class=test_per_class, image_size=image_size, seed=seed)
+                      test_per_class=test_per_class, image_size=image_size, seed=seed, overwrite=overwrite)
     typer.echo(f"{path}: {classes} classes × ({train_per_class} train + {test_per_class} test) images, "
                f"{image_size} px, preset {preset}")
 
