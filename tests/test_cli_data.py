@@ -19,3 +19,15 @@ def test_synthesize_refuses_a_non_empty_folder_unless_overwrite(tmp_path, capsys
     code, _, err = run_cli(["data", "synthesize", "--out", str(out), *TINY, "--overwrite"], capsys)
     assert code == 0, err
     assert not (out / "stale.txt").exists() and (out / "images.txt").is_file()
+
+
+def test_check_with_quiet_reports_and_exits_by_status(tmp_path, capsys):
+    out = tmp_path / "d"
+    code, _, err = run_cli(["data", "synthesize", "--out", str(out), *TINY, "-q"], capsys)
+    assert code == 0, err
+    code, stdout, err = run_cli(["data", "check", "--dataset", "cub", "--data-root", str(out), "-q"], capsys)
+    assert code == 0, err
+    assert "every listed image exists" in stdout
+    (out / "images.txt").unlink()
+    code, _, _ = run_cli(["data", "check", "--dataset", "cub", "--data-root", str(out), "--quiet"], capsys)
+    assert code != 0

@@ -1,5 +1,5 @@
 """`p2p --help` and `p2p CMD --help`: fast (no torch, timm or matplotlib), readable at 80 columns,
-ending in runnable examples."""
+ending in runnable examples; every command accepts -q/--quiet."""
 
 from __future__ import annotations
 
@@ -159,3 +159,14 @@ def test_metavars(path):
             assert words == [], names  # a boolean flag shows no metavar
         else:
             assert len(words) == 1 and METAVAR.match(words[0]), names
+
+
+# -- -q/--quiet everywhere -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", LEAVES, ids=lambda p: ids(("p2p", *p)))
+def test_every_command_accepts_quiet(path):
+    lines = _help(path).rstrip("\n").splitlines()
+    first_example = shlex.split(lines[lines.index("Examples:") + 1])[1 + len(path):]
+    for flag in ("-q", "--quiet"):
+        assert _parse(path, [*first_example, flag])["quiet"] is True
+    assert _parse(path, first_example)["quiet"] is False

@@ -10,12 +10,15 @@ from rich.console import Console
 from rich.table import Table
 
 from p2p_cli.cli.command import P2PCommand, P2PGroup
+from p2p_cli.cli.options import Common, only, with_options
 
 app = typer.Typer(help="Dataset tools: synthesize the built-in data, check a dataset root.", no_args_is_help=True,
                   cls=P2PGroup)
+QuietOnly = Annotated[Common, only("quiet")]
 
 
 @app.command("synthesize", cls=P2PCommand)
+@with_options
 def synthesize_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="folder to write (CUB-200-2011 layout)")],
     preset: Annotated[str, typer.Option(help="difficulty", metavar="easy|hard")] = "easy",
@@ -25,6 +28,8 @@ def synthesize_cmd(
     image_size: Annotated[int, typer.Option(min=32, help="image side in pixels")] = 112,
     seed: Annotated[int, typer.Option(help="generator seed")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing folder")] = False,
+    *,
+    common: QuietOnly,
 ) -> None:
     """Write the built-in synthetic dataset (deterministic) with ground-truth parts and boxes.
 
@@ -41,9 +46,12 @@ def synthesize_cmd(
 
 
 @app.command("check", cls=P2PCommand)
+@with_options
 def check_cmd(
     dataset: Annotated[str, typer.Option("--dataset", help="dataset kind", metavar="cub|cars|folder|synthetic")],
     data_root: Annotated[Path | None, typer.Option("--data-root", help="dataset root")] = None,
+    *,
+    common: QuietOnly,
 ) -> None:
     """Validate a dataset root: layout, unreadable images, empty classes, train/test duplicates.
 

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from p2p_cli.cli.options import WorkdirOpt
+from p2p_cli.cli.options import Common, only, with_options
 from p2p_cli.workflows.commands import models_command
 
 
+@with_options
 def models_cmd(
-    workdir: WorkdirOpt = Path("runs"),
     timm_filter: Annotated[str | None, typer.Option("--timm", help="also list timm models matching a pattern, "
                                                     "e.g. 'efficientnet*' (any timm CNN can be a backbone)")] = None,
+    *,
+    common: Annotated[Common, only("workdir", "verbose", "quiet")],
 ) -> None:
     """List the registered backbones and the trained models in WORKDIR.
 
@@ -24,7 +25,7 @@ def models_cmd(
       p2p models
       p2p models --workdir runs --timm 'efficientnet*'
     """
-    listing = models_command(workdir, timm_filter)
+    listing = models_command(common.workdir, timm_filter)
     console = Console()
     table = Table(title="backbones", title_justify="left")
     for col in ("name", "timm model", "family", "D", "add-on", "stride"):
@@ -37,9 +38,9 @@ def models_cmd(
         names = listing.timm_models
         console.print(f"timm models matching '{timm_filter}' ({len(names)}): " + ", ".join(names))
     if not listing.runs:
-        console.print(f"no trained models in {workdir}")
+        console.print(f"no trained models in {common.workdir}")
         return
-    rtable = Table(title=f"trained models in {workdir}", title_justify="left")
+    rtable = Table(title=f"trained models in {common.workdir}", title_justify="left")
     for col in ("run", "arch", "backbone", "prototypes", "classes", "test acc", "teacher", "method"):
         rtable.add_column(col)
     for name, meta in listing.runs:
