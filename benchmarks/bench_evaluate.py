@@ -37,7 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from p2p_cli.data.datasets import ImageDataset  # noqa: E402
+from p2p_cli.data.images import ImageDataset  # noqa: E402
 from p2p_cli.data.loaders import load_dataset_index  # noqa: E402
 from p2p_cli.data.transforms import eval_transform  # noqa: E402
 from p2p_cli.evaluation.options import EvalOptions  # noqa: E402

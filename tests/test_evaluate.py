@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 
-from p2p_cli.cli.common import expand_variadic
+from p2p_cli.cli.command import expand_variadic
 from p2p_cli.errors import P2PError
 from p2p_cli.evaluation.activations import (
     NOISE_CLIP,
@@ -169,7 +169,7 @@ def test_grid_mismatch_gives_none_and_a_note_and_deltas_use_the_baseline():
 def test_files_fingerprint_changes_with_the_files(tmp_path):
     import os
 
-    from p2p_cli.data.datasets import Sample
+    from p2p_cli.data.index import Sample
     from p2p_cli.evaluation.cache import files_fingerprint
 
     paths = [tmp_path / f"{i}.png" for i in range(3)]
@@ -240,7 +240,8 @@ class _Images:
 def test_image_batches_decode_in_order_like_load_image(tmp_path):
     from PIL import Image
 
-    from p2p_cli.data.datasets import Sample, load_image
+    from p2p_cli.data.images import load_image
+    from p2p_cli.data.index import Sample
     from p2p_cli.evaluation.images import image_batches
 
     rng = np.random.default_rng(0)

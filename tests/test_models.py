@@ -12,6 +12,7 @@ from p2p_cli.models.protopnet import (
     class_identity_matrix,
     log_similarity,
     make_add_on,
+    min_distances_at_argmin,
     squared_l2_distances,
 )
 from p2p_cli.models.registry import get_backbone_spec, list_backbones
@@ -62,9 +63,22 @@ def test_forward_returns_everything_from_one_pass():
     assert out.min_distances.shape == (2, 6)
     assert out.distances.shape == (2, 6, 2, 2)
     assert out.features.shape == (2, 4, 2, 2)
-    assert torch.equal(out.min_distances, out.distances.flatten(2).amin(2))
+    assert torch.allclose(out.min_distances, out.distances.flatten(2).amin(2), atol=1e-6)
     assert torch.allclose(out.logits, model.last_layer(log_similarity(out.min_distances)))
     assert ((out.features >= 0) & (out.features <= 1)).all()  # sigmoid add-on
+
+
+def test_min_distance_is_exact_where_the_prototype_is_a_patch():
+    # after a push a prototype *is* a patch: the expanded form ‖z‖² − 2z·p + ‖p‖² cancels to rounding
+    # noise (~1e-6 here), which log((d+1)/(d+1e-4)) magnifies; recomputed at the arg-min it is exactly 0
+    gen = torch.Generator().manual_seed(0)
+    features = 0.5 + 0.5 * torch.rand(1, 256, 3, 3, generator=gen)
+    prototypes = torch.stack([features[0, :, 1, 2], torch.rand(256, generator=gen)])  # (2, D)
+    maps = squared_l2_distances(features, prototypes)
+    exact = min_distances_at_argmin(features, prototypes, maps)
+    assert exact[0, 0].item() == 0.0 and maps.flatten(2).argmin(2)[0, 0].item() == 1 * 3 + 2
+    brute = ((features.flatten(2)[0].t()[:, None, :] - prototypes[None]) ** 2).sum(-1).amin(0)  # (m,)
+    assert torch.allclose(exact[0], brute, rtol=1e-6, atol=0)
 
 
 def test_last_layer_and_class_identity_initialisation():

@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from p2p_cli.data.datasets import Sample, load_image
+from p2p_cli.data.images import load_image
+from p2p_cli.data.index import Sample
 from p2p_cli.data.transforms import normalize
 from p2p_cli.io.checkpoint import load_tensors, weights_hash
 from p2p_cli.models.factory import load_model, save_model

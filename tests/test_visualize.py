@@ -191,7 +191,8 @@ def test_visualize_writes_figure_html_and_correct_numbers(workdir, tmp_path, cap
     assert [m["name"] for m in summary["models"]] == ["teacher", "baseline"]  # the workdir's defaults
     # the numbers are the model's: recompute the explanation of the teacher independently
     model, meta = load_model(workdir / "teacher" / "model.safetensors")
-    from p2p_cli.data.datasets import Sample, load_image
+    from p2p_cli.data.images import load_image
+    from p2p_cli.data.index import Sample
     from p2p_cli.data.transforms import normalize
 
     with torch.no_grad():

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from p2p_cli.attacks.options import REGIONS
 from p2p_cli.attacks.pgd import attempt_generator, project, random_start
 from p2p_cli.attacks.pixels import forward_pixels
 from p2p_cli.attacks.regions import best_match_region, region_maxima, region_pixel_mask, stomach_objective
@@ -35,8 +36,6 @@ from p2p_cli.attacks.testset import check_sizes
 from p2p_cli.errors import P2PError, did_you_mean
 from p2p_cli.models.protopnet import ProtoPNet, log_similarity
 from p2p_cli.runtime.device import Runtime
-
-REGIONS = ("target", "image")
 
 
 @dataclass(frozen=True)

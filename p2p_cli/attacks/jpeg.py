@@ -15,7 +15,7 @@ import torch
 
 from p2p_cli.attacks.pixels import forward_pixels, to_pixels
 from p2p_cli.attacks.testset import check_sizes, image_loader, image_order
-from p2p_cli.data.datasets import ImageDataset
+from p2p_cli.data.images import ImageDataset
 from p2p_cli.data.transforms import JPEG_QUALITY, jpeg_compress
 from p2p_cli.errors import P2PError
 from p2p_cli.models.protopnet import ProtoPNet, log_similarity

@@ -19,7 +19,8 @@ from p2p_cli.attacks.pixels import to_pixels
 from p2p_cli.attacks.regions import best_cell_box, region_box
 from p2p_cli.attacks.testset import clean_predictions, image_loader, image_order
 from p2p_cli.attacks.transfer import transfer
-from p2p_cli.data.datasets import DatasetIndex, ImageDataset, Sample, load_image
+from p2p_cli.data.images import ImageDataset, load_image
+from p2p_cli.data.index import DatasetIndex, Sample
 from p2p_cli.errors import P2PError
 from p2p_cli.models.maps import high_activation_box, upsampled_similarity
 from p2p_cli.models.runs import LoadedRun

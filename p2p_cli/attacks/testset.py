@@ -9,7 +9,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from p2p_cli.attacks.pixels import forward_pixels, to_pixels
-from p2p_cli.data.datasets import DatasetIndex, ImageDataset
+from p2p_cli.data.images import ImageDataset
+from p2p_cli.data.index import DatasetIndex
 from p2p_cli.errors import P2PError
 from p2p_cli.models.protopnet import ProtoPNet
 from p2p_cli.runtime.device import Runtime

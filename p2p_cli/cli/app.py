@@ -5,15 +5,19 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import typer
 
 from p2p_cli import __version__
+from p2p_cli.cli.command import P2PCommand, P2PGroup
 from p2p_cli.errors import P2PError, P2PWarning
 
 app = typer.Typer(
     name="p2p",
     help="Prototypical part networks (ProtoPNet) and Proto2Proto interpretability distillation.",
+    cls=P2PGroup,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -33,6 +37,11 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """Prototypical part networks (ProtoPNet) and Proto2Proto interpretability distillation."""
 
 
+def command(name: str, func: Callable[..., Any], cls: type[P2PCommand] = P2PCommand) -> None:
+    """Register ``func`` as ``p2p NAME`` (every command uses a :class:`P2PCommand` for its help)."""
+    app.command(name, cls=cls)(func)
+
+
 def _register() -> None:
     from p2p_cli.cli import data, distill, models, train
     from p2p_cli.cli import evaluate as evaluate_cli
@@ -45,17 +54,17 @@ def _register() -> None:
     from p2p_cli.cli import robustness as robustness_cli
     from p2p_cli.cli import visualize as visualize_cli
 
-    app.command("quickstart")(quickstart_cli.quickstart_cmd)
-    app.command("train-teacher")(train.train_teacher_cmd)
-    app.command("distill")(distill.distill_cmd)
-    app.command("models")(models.models_cmd)
-    app.command("evaluate", cls=evaluate_cli.EvaluateCommand)(evaluate_cli.evaluate_cmd)
-    app.command("prune")(prune_cli.prune_cmd)
-    app.command("robustness", cls=robustness_cli.RobustnessCommand)(robustness_cli.robustness_cmd)
-    app.command("push-prototypes")(push_cli.push_cmd)
-    app.command("visualize", cls=visualize_cli.VisualizeCommand)(visualize_cli.visualize_cmd)
-    app.command("predict")(predict_cli.predict_cmd)
-    app.command("export")(export_cli.export_cmd)
+    command("quickstart", quickstart_cli.quickstart_cmd)
+    command("train-teacher", train.train_teacher_cmd)
+    command("distill", distill.distill_cmd)
+    command("models", models.models_cmd)
+    command("evaluate", evaluate_cli.evaluate_cmd, evaluate_cli.EvaluateCommand)
+    command("prune", prune_cli.prune_cmd)
+    command("robustness", robustness_cli.robustness_cmd, robustness_cli.RobustnessCommand)
+    command("push-prototypes", push_cli.push_cmd)
+    command("visualize", visualize_cli.visualize_cmd, visualize_cli.VisualizeCommand)
+    command("predict", predict_cli.predict_cmd)
+    command("export", export_cli.export_cmd)
     app.add_typer(data.app, name="data")
     app.add_typer(hub_cli.app, name="hub")
 

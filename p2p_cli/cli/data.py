@@ -9,40 +9,59 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from p2p_cli.cli.command import P2PCommand, P2PGroup
 from p2p_cli.cli.data_prepare import prepare_cmd
+from p2p_cli.cli.options import Common, only, with_options
 
-app = typer.Typer(help="Dataset tools: synthesize the built-in data, check a dataset root.", no_args_is_help=True)
+app = typer.Typer(help="Dataset tools: synthesize the built-in data, check a dataset root.", no_args_is_help=True,
+                  cls=P2PGroup)
+QuietOnly = Annotated[Common, only("quiet")]
 
 
-@app.command("synthesize")
+@app.command("synthesize", cls=P2PCommand)
+@with_options
 def synthesize_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="folder to write (CUB-200-2011 layout)")],
-    preset: Annotated[str, typer.Option(help="easy | hard")] = "easy",
+    preset: Annotated[str, typer.Option(help="difficulty", metavar="easy|hard")] = "easy",
     classes: Annotated[int, typer.Option("--classes", min=2, help="number of classes")] = 10,
     train_per_class: Annotated[int, typer.Option(min=1, help="training images per class")] = 100,
     test_per_class: Annotated[int, typer.Option(min=1, help="test images per class")] = 40,
     image_size: Annotated[int, typer.Option(min=32, help="image side in pixels")] = 112,
     seed: Annotated[int, typer.Option(help="generator seed")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing folder")] = False,
+    *,
+    common: QuietOnly,
 ) -> None:
-    """Write the built-in synthetic dataset (deterministic) with ground-truth parts and boxes."""
-    from p2p_cli.data.synthetic import synthesize
-    from p2p_cli.errors import P2PError
+    """Write the built-in synthetic dataset (deterministic) with ground-truth parts and boxes.
 
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise P2PError(f"'{out}' exists and is not empty; pass --overwrite to replace it")
+    Examples:
+      p2p data synthesize --out data/synthetic
+      p2p data synthesize --out data/hard --preset hard --classes 20
+    """
+    from p2p_cli.data.synthetic import synthesize
+
     path = synthesize(out, preset=preset, num_classes=classes, train_per_class=train_per_class,
-                      test_per_class=test_per_class, image_size=image_size, seed=seed)
+                      test_per_class=test_per_class, image_size=image_size, seed=seed, overwrite=overwrite)
     typer.echo(f"{path}: {classes} classes × ({train_per_class} train + {test_per_class} test) images, "
                f"{image_size} px, preset {preset}")
 
 
-@app.command("check")
+@app.command("check", cls=P2PCommand)
+@with_options
 def check_cmd(
-    dataset: Annotated[str, typer.Option("--dataset", help="cub | cars | folder | synthetic")],
+    dataset: Annotated[str, typer.Option("--dataset", help="dataset kind", metavar="cub|cars|folder|synthetic")],
     data_root: Annotated[Path | None, typer.Option("--data-root", help="dataset root")] = None,
+    *,
+    common: QuietOnly,
 ) -> None:
-    """Validate a dataset root: layout, unreadable images, empty classes, train/test duplicates."""
+    """Validate a dataset root: layout, unreadable images, empty classes, train/test duplicates.
+
+    Exits with status 1 when a check fails.
+
+    Examples:
+      p2p data check --dataset cub --data-root ~/data/CUB_200_2011
+      p2p data check --dataset folder --data-root data/flowers
+    """
     from p2p_cli.data.check import check_dataset
 
     rows = check_dataset(dataset, data_root)
@@ -57,4 +76,4 @@ def check_cmd(
         raise typer.Exit(1)
 
 
-app.command("prepare")(prepare_cmd)
+app.command("prepare", cls=P2PCommand)(prepare_cmd)

@@ -7,25 +7,31 @@ from typing import Annotated
 
 import typer
 
-from p2p_cli.cli.common import QuietOpt, VerboseOpt, reporter
+from p2p_cli.cli.options import Common, only, with_options
 
 
+@with_options
 def prepare_cmd(
-    kind: Annotated[str, typer.Argument(help="cub | cars", show_default=False)],
+    kind: Annotated[str, typer.Argument(help="the dataset layout: cub or cars", show_default=False)],
     root: Annotated[Path, typer.Argument(help="the dataset as downloaded (CUB_200_2011/, or the Cars folder with "
                                          "cars_train/, cars_test/ and the devkit)", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="folder to write: OUT/train/<class>/*.jpg, "
                                       "OUT/test/<class>/*.jpg")],
     crop: Annotated[bool, typer.Option("--crop", help="crop every image to its bounding box")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a non-empty OUT")] = False,
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    common: Annotated[Common, only("verbose", "quiet")],
 ) -> None:
     """Split a dataset by its official train/test split (and crop to the bounding boxes with --crop), as
-    ProtoPNet's users do before training; the result trains with --dataset folder --data-root OUT."""
+    ProtoPNet's users do before training; the result trains with --dataset folder --data-root OUT.
+
+    Examples:
+      p2p data prepare cub ~/data/CUB_200_2011 --out ~/data/cub-cropped --crop
+      p2p data prepare cars ~/data/stanford_cars --out ~/data/cars
+    """
     from p2p_cli.data.prepare import prepare_dataset, prepare_summary
 
-    rep = reporter(verbose, quiet)
+    rep = common.reporter()
     with rep.task(f"prepare {kind}", None) as advance:
         result = prepare_dataset(kind, root, out, crop=crop, overwrite=overwrite, progress=advance)
     typer.echo(prepare_summary(result))

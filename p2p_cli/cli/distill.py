@@ -1,53 +1,43 @@
 """`p2p distill`: train a student from a trained teacher (Proto2Proto or a KD baseline)."""
 
-from pathlib import Path
-from typing import Annotated
+from __future__ import annotations
+
+from typing import Annotated, Any
 
 import typer
 
-from p2p_cli.cli.common import (
-    DeviceOpt,
-    QuietOpt,
-    SeedOpt,
-    VerboseOpt,
-    WorkdirOpt,
-    load_config,
-    reporter,
-    with_config_flags,
-)
-from p2p_cli.runtime.device import make_runtime
-from p2p_cli.workflows.distill import distill
+from p2p_cli.cli.options import Common, ConfigFileOpt, OverwriteOpt, ResumeOpt, config_flags, with_options
+from p2p_cli.workflows.commands import TrainOptions, distill_command
 
 
-@with_config_flags(exclude=("backbone", "teacher"))
+@with_options
 def distill_cmd(
     teacher: Annotated[str | None, typer.Option("--teacher", "-t", help="teacher run: a path, or a run name in "
                                                 "the workdir")] = None,
     student: Annotated[str | None, typer.Option("--student", "-s", help="student backbone from the registry "
                                                 "(default: the config's backbone)")] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config; flags override its keys")] = None,
+    config: ConfigFileOpt = None,
     name: Annotated[str | None, typer.Option("--name", help="run name (default: STUDENT-METHOD)")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing run of that name")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run from its snapshot")] = False,
-    workdir: WorkdirOpt = Path("runs"),
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = None,
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    overwrite: OverwriteOpt = False,
+    resume: ResumeOpt = False,
     *,
-    overrides: dict,
+    common: Common,
+    overrides: Annotated[dict[str, Any], config_flags(exclude=("backbone", "teacher"))],
 ) -> None:
-    """Distill a trained teacher into a student ProtoPNet (SPEC §5).
+    """Distill a trained teacher into a student ProtoPNet (Keswani et al., CVPR 2022).
 
-    Proto2Proto (default): L_ppnet + λ_global·L_global + λ_ppc·L_ppc; stage 1 (warm epochs) trains the
-    transfer losses only. --method none trains the baseline student; hint, rkd and kd are the KD baselines.
+    Proto2Proto (default) minimises L_ppnet + λ_global·L_global + λ_ppc·L_ppc (Eq. 6, with L_global Eq. 5
+    and L_ppc Eq. 4); stage 1 (the warm epochs) trains the transfer losses only. --method none trains the
+    baseline student; hint, rkd and kd are the knowledge-distillation baselines.
+
+    Examples:
+      p2p distill -c examples/synthetic-fast.yaml -t t -s resnet18 --name s
+      p2p distill -c examples/synthetic-fast.yaml -t t --method none --name b
+      p2p distill -c examples/synthetic-fast.yaml -t t --method kd --name kd
     """
-    overrides.update(seed=seed, teacher=teacher, backbone=student)
-    cfg = load_config(config, overrides)
-    rt = make_runtime(device, cfg.precision, cfg.channels_last)
-    rep = reporter(verbose, quiet, rt.rank)
-    rep.debug("resolved config:\n" + "\n".join(f"  {k}: {v}" for k, v in cfg.to_dict().items()))
-    run, result = distill(cfg, workdir=workdir, name=name or f"{cfg.backbone}-{cfg.method}", rt=rt, reporter=rep,
-                          overwrite=overwrite, resume=resume)
-    if rt.is_main:
-        typer.echo(f"{run.path}: test accuracy {result['test_acc']:.3f} ({result['seconds']:.0f} s)")
+    overrides = {**overrides, "seed": common.seed, "teacher": teacher, "backbone": student}
+    opts = TrainOptions(config_file=config, overrides=overrides, name=name, workdir=common.workdir,
+                        device=common.device, overwrite=overwrite, resume=resume)
+    outcome = distill_command(opts, common.reporter())
+    if outcome.is_main:
+        typer.echo(f"{outcome.path}: test accuracy {outcome.test_acc:.3f} ({outcome.seconds:.0f} s)")

@@ -7,27 +7,32 @@ from typing import Annotated
 
 import typer
 
-from p2p_cli.cli.common import QuietOpt, VerboseOpt, WorkdirOpt, reporter
+from p2p_cli.cli.options import Common, only, with_options
 
 
+@with_options
 def export_cmd(
     model: Annotated[str, typer.Argument(help="model REF: a run directory, a run name in the workdir, or "
                                          "hf-hub:ORG/NAME(@REV)", show_default=False)],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="onnx | torchscript")] = "onnx",
+    fmt: Annotated[str, typer.Option("--format", "-f", help="file format", metavar="[onnx|torchscript]")] = "onnx",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="output file (default: RUN/model.onnx or "
                                              "RUN/model.torchscript.pt)")] = None,
     check: Annotated[bool, typer.Option("--check/--no-check", help="run the export next to PyTorch on sample "
                                         "inputs and print the largest differences")] = True,
-    workdir: WorkdirOpt = Path("runs"),
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    common: Annotated[Common, only("workdir", "verbose", "quiet")],
 ) -> None:
     """Export a model that maps normalised images (B, 3, S, S) to logits (B, K) and per-prototype min
-    distances (B, m). Preprocessing and a runnable example: docs/deploy.md."""
+    distances (B, m). Preprocessing and a runnable example: docs/deploy.md.
+
+    Examples:
+      p2p export teacher --format onnx
+      p2p export runs/student --format torchscript --out student.pt
+    """
     from p2p_cli.workflows.export import ExportRequest, export_run
 
-    result = export_run(ExportRequest(model=model, format=fmt, workdir=workdir, out=out, check=check),
-                        reporter(verbose, quiet))
+    result = export_run(ExportRequest(model=model, format=fmt, workdir=common.workdir, out=out, check=check),
+                        common.reporter())
     s = result.image_size
     typer.echo(f"wrote {result.path} ({result.format}): images (B, 3, {s}, {s}) normalised with the ImageNet "
                f"mean/std → logits (B, {result.num_classes}), min_distances (B, {result.num_prototypes})")

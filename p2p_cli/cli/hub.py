@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from p2p_cli.cli.common import WorkdirOpt
+from p2p_cli.cli.command import P2PCommand, P2PGroup
+from p2p_cli.cli.options import Common, only, with_options
 
 app = typer.Typer(help="Hugging Face Hub: push a run, pull a model (every model REF also accepts "
-                       "hf-hub:ORG/NAME(@REV)).", no_args_is_help=True)
+                       "hf-hub:ORG/NAME(@REV)).", no_args_is_help=True, cls=P2PGroup)
 
 
-@app.command("push")
+@app.command("push", cls=P2PCommand)
+@with_options
 def push_cmd(
     run: Annotated[str, typer.Argument(help="the run: a run directory or a run name in the workdir",
                                        show_default=False)],
@@ -25,14 +26,20 @@ def push_cmd(
     base_model: Annotated[str | None, typer.Option("--base-model", help="ORG/NAME of the Hub model this one "
                                                    "derives from (model card's base_model; default: the "
                                                    "teacher's repository when it came from the Hub)")] = None,
-    workdir: WorkdirOpt = Path("runs"),
+    *,
+    common: Annotated[Common, only("workdir", "quiet")],
 ) -> None:
     """Upload a finished run: model.safetensors, config.yaml, prototypes.json, prototype images, metrics,
     the environment record and the model card README.md (written now if p2p owns it). Needs a Hub
-    token (hf auth login, or HF_TOKEN)."""
+    token (hf auth login, or HF_TOKEN).
+
+    Examples:
+      p2p hub push teacher me/cub-protopnet-resnet50 --dry-run
+      p2p hub push runs/student me/cub-p2p-resnet18 --private
+    """
     from p2p_cli.io.hub import push_run
 
-    result = push_run(run, repo_id, workdir=workdir, private=private, dry_run=dry_run, commit_message=message,
+    result = push_run(run, repo_id, workdir=common.workdir, private=private, dry_run=dry_run, commit_message=message,
                       base_model=base_model)
     if dry_run:
         for name in result.files:
@@ -44,11 +51,19 @@ def push_cmd(
     typer.echo(f"load it with: p2p predict --model hf-hub:{repo_id} IMAGES")
 
 
-@app.command("pull")
+@app.command("pull", cls=P2PCommand)
+@with_options
 def pull_cmd(
     ref: Annotated[str, typer.Argument(help="hf-hub:ORG/NAME(@REV)", show_default=False)],
+    *,
+    common: Annotated[Common, only("quiet")],
 ) -> None:
-    """Download a p2p model into the Hugging Face cache (checked: safetensors only) and print its folder."""
+    """Download a p2p model into the Hugging Face cache (checked: safetensors only) and print its folder.
+
+    Examples:
+      p2p hub pull hf-hub:me/cub-protopnet-resnet50
+      p2p hub pull hf-hub:me/cub-protopnet-resnet50@v1
+    """
     from p2p_cli.io.hub import resolve_hub_ref
 
     typer.echo(str(resolve_hub_ref(ref if ref.startswith("hf-hub:") else f"hf-hub:{ref}")))

@@ -2,50 +2,51 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from p2p_cli.cli.common import WorkdirOpt
-from p2p_cli.io.checkpoint import read_metadata
-from p2p_cli.io.rundir import list_runs
-from p2p_cli.models.registry import list_backbones
+from p2p_cli.cli.options import Common, only, with_options
+from p2p_cli.workflows.commands import models_command
 
 
+@with_options
 def models_cmd(
-    workdir: WorkdirOpt = Path("runs"),
     timm_filter: Annotated[str | None, typer.Option("--timm", help="also list timm models matching a pattern, "
                                                     "e.g. 'efficientnet*' (any timm CNN can be a backbone)")] = None,
+    *,
+    common: Annotated[Common, only("workdir", "verbose", "quiet")],
 ) -> None:
-    """List the registered backbones and the trained models in WORKDIR."""
+    """List the registered backbones and the trained models in WORKDIR.
+
+    Examples:
+      p2p models
+      p2p models --workdir runs --timm 'efficientnet*'
+    """
+    listing = models_command(common.workdir, timm_filter)
     console = Console()
     table = Table(title="backbones", title_justify="left")
     for col in ("name", "timm model", "family", "D", "add-on", "stride"):
         table.add_column(col)
-    for spec in list_backbones():
+    for spec in listing.backbones:
         table.add_row(spec.name, spec.timm_id, spec.family, str(spec.prototype_depth), spec.add_on,
                       str(spec.feature_stride))
     console.print(table)
-    if timm_filter:
-        import timm
-
-        names = timm.list_models(timm_filter)
+    if listing.timm_models is not None:
+        names = listing.timm_models
         console.print(f"timm models matching '{timm_filter}' ({len(names)}): " + ", ".join(names))
-    runs = list_runs(workdir)
-    if not runs:
-        console.print(f"no trained models in {workdir}")
+    if not listing.runs:
+        console.print(f"no trained models in {common.workdir}")
         return
-    rtable = Table(title=f"trained models in {workdir}", title_justify="left")
+    rtable = Table(title=f"trained models in {common.workdir}", title_justify="left")
     for col in ("run", "arch", "backbone", "prototypes", "classes", "test acc", "teacher", "method"):
         rtable.add_column(col)
-    for run in runs:
-        meta = read_metadata(run.model_path)
+    for name, meta in listing.runs:
         teacher = meta.get("teacher")
         acc = meta.get("test_acc")
-        rtable.add_row(run.name, str(meta.get("arch", "?")), str(meta.get("model_config", {}).get("backbone", "?")),
+        rtable.add_row(name, str(meta.get("arch", "?")), str(meta.get("model_config", {}).get("backbone", "?")),
                        str(meta.get("num_prototypes", "?")), str(len(meta.get("class_names", []))),
                        f"{acc:.3f}" if isinstance(acc, float) else "–",
                        str(teacher.get("name")) if isinstance(teacher, dict) else "–", str(meta.get("method", "–")))

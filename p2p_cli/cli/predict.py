@@ -10,10 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from p2p_cli.cli.common import DeviceOpt, QuietOpt, VerboseOpt, WorkdirOpt, reporter
+from p2p_cli.cli.options import Common, RunData, only, with_options
 from p2p_cli.errors import P2PError
 
 
+@with_options
 def predict_cmd(
     images: Annotated[list[Path], typer.Argument(help="image files and/or folders (searched recursively)",
                                                  show_default=False)],
@@ -23,25 +24,29 @@ def predict_cmd(
     json_path: Annotated[str | None, typer.Option("--json", help="write the rows as JSON to FILE (- = stdout)")
                          ] = None,
     csv_path: Annotated[str | None, typer.Option("--csv", help="write the rows as CSV to FILE (- = stdout)")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="images per forward pass")] = 32,
-    precision: Annotated[str, typer.Option("--precision", help="auto|bf16|fp16|fp32 autocast of the backbone")
-                         ] = "auto",
-    workdir: WorkdirOpt = Path("runs"),
-    device: DeviceOpt = "auto",
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    data: Annotated[RunData, only("batch_size", "precision")],
+    common: Annotated[Common, only("workdir", "device", "verbose", "quiet")],
 ) -> None:
     """Predict the class of every image, with the top-k prototypes by similarity (grid cell and its box in
-    the image's pixels). Unreadable files are reported on stderr and skipped."""
+    the image's pixels). Unreadable files are reported on stderr and skipped.
+
+    Examples:
+      p2p predict --model teacher photos/
+      p2p predict --model teacher a.jpg b.jpg --top-k 3 --json -
+      p2p predict --model hf-hub:org/cub-protopnet photos/ --csv predictions.csv
+    """
     from p2p_cli.io.atomic import atomic_write_text
     from p2p_cli.runtime.device import make_runtime
     from p2p_cli.workflows.predict import PredictRequest, csv_text, json_text, predict
 
     if json_path == "-" and csv_path == "-":
         raise P2PError("--json - and --csv - both want stdout; write one of them to a file")
-    rep = reporter(verbose, quiet)
-    rt = make_runtime(device, precision, False)
-    req = PredictRequest(model=model, inputs=list(images), workdir=workdir, top_k=top_k, batch_size=batch_size,
+    quiet = common.quiet
+    rep = common.reporter()
+    rt = make_runtime(common.device, data.precision or "auto", False)
+    req = PredictRequest(model=model, inputs=list(images), workdir=common.workdir, top_k=top_k,
+                         batch_size=data.batch_size or 32,
                          on_skip=lambda s: typer.echo(f"skipped: {s.reason}", err=True))
     result = predict(req, rt, rep)
     if not result.predictions:

@@ -1,25 +1,23 @@
-"""`p2p prune`: ProtoPShare merge-pruning or ProtoPNet k-NN pruning of a trained run (SPEC §7)."""
+"""`p2p prune`: ProtoPShare merge-pruning or ProtoPNet k-NN pruning of a trained run."""
 
-from pathlib import Path
+from __future__ import annotations
+
 from typing import Annotated
 
 import typer
 
-from p2p_cli.cli.common import DeviceOpt, QuietOpt, SeedOpt, VerboseOpt, WorkdirOpt, reporter
-from p2p_cli.errors import P2PError
+from p2p_cli.cli.options import Common, JsonOpt, OverwriteOpt, RunData, only, with_options
 from p2p_cli.io.atomic import atomic_write_json
-from p2p_cli.io.config import config_from_dict
-from p2p_cli.io.rundir import resolve_ref
-from p2p_cli.runtime.device import make_runtime
-from p2p_cli.workflows.prune import PruneOptions, prune
+from p2p_cli.workflows.commands import PruneRequest, prune_command
 
 
+@with_options
 def prune_cmd(
     model: Annotated[str, typer.Option("--model", "-m", help="run to prune: a path, or a run name in the workdir")],
     target: Annotated[int | None, typer.Option("--target", "-n", help="prototypes to keep (protopshare)")] = None,
     step: Annotated[int | None, typer.Option("--step", help="prototypes merged away per round (default: 10 % "
                                              "of the model's prototypes)")] = None,
-    method: Annotated[str, typer.Option("--method", help="protopshare (merge) | knn (ProtoPNet's k-NN test)",
+    method: Annotated[str, typer.Option("--method", help="protopshare (merge) or knn (ProtoPNet's k-NN test)",
                                         metavar="protopshare|knn")] = "protopshare",
     fine_tune_epochs: Annotated[int | None, typer.Option("--fine-tune-epochs", help="last-layer epochs after "
                                                          "each round (default: the run's last_layer_epochs)")] = None,
@@ -30,34 +28,33 @@ def prune_cmd(
     knn_min: Annotated[int, typer.Option("--knn-min", help="knn: keep a prototype with at least this many "
                                          "own-class neighbours")] = 3,
     name: Annotated[str | None, typer.Option("--name", help="new run name (default: SOURCE-pruned)")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing run of that name")] = False,
-    data_root: Annotated[str | None, typer.Option("--data-root", help="the dataset, when it moved since "
-                                                  "training (default: the run's data_root)")] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="write the summary as JSON")] = None,
-    workdir: WorkdirOpt = Path("runs"),
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = None,
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    overwrite: OverwriteOpt = False,
+    json_path: JsonOpt = None,
+    *,
+    data: Annotated[RunData, only("data_root")],
+    common: Common,
 ) -> None:
     """Prune a trained run's prototypes into a new run (the source is never modified).
 
-    protopshare (default): merge the prototypes whose min-distance profiles over the training set are
-    closest, --step per round until --target remain; a merged prototype keeps the survivor's vector,
-    sums the last-layer columns and serves the union of the classes; the last layer is fine-tuned after
-    each round. knn: drop prototypes with fewer than --knn-min own-class images among their --knn-k
-    nearest, then fine-tune the last layer.
+    protopshare (default, Rymarczyk et al., KDD 2021): merge the prototypes whose min-distance profiles
+    over the training set are closest, --step per round until --target remain; a merged prototype keeps
+    the survivor's vector, sums the last-layer columns and serves the union of the classes; the last
+    layer is fine-tuned after each round. knn (Chen et al., NeurIPS 2019): drop prototypes with fewer
+    than --knn-min own-class images among their --knn-k nearest, then fine-tune the last layer.
+
+    Examples:
+      p2p prune --model s --target 50
+      p2p prune --model s --target 50 --step 5 --fine-tune-epochs 30 --name s-50
+      p2p prune --model s --method knn --knn-min 3
     """
+    from p2p_cli.workflows.prune import PruneOptions
+
     opts = PruneOptions(method=method, target=target, step=step, fine_tune_epochs=fine_tune_epochs,
                         feature_epochs=feature_epochs, knn_k=knn_k, knn_min=knn_min)
-    source = resolve_ref(model, workdir)
-    src_cfg = config_from_dict(source.read_config(), source=str(source.config_path))
-    rt = make_runtime(device, src_cfg.precision, src_cfg.channels_last)
-    if rt.distributed:
-        raise P2PError("p2p prune runs in one process; start it without torchrun")
-    rep = reporter(verbose, quiet, rt.rank)
-    run, summary = prune(str(source.path), workdir=workdir, name=name, opts=opts, rt=rt, reporter=rep,
-                         overwrite=overwrite, data_root=data_root, seed=seed)
+    req = PruneRequest(model=model, options=opts, name=name, overwrite=overwrite, data_root=data.data_root,
+                       workdir=common.workdir, device=common.device, seed=common.seed)
+    rep = common.reporter()
+    run, summary = prune_command(req, rep)
     shown = ["round", "stage", "prototypes", "merged", "removed", "threshold", "ce", "train_acc", "test_acc",
              "seconds"]
     rounds = summary["rounds"]

@@ -1,41 +1,30 @@
 """`p2p robustness`: do the explanations survive crafted noise and JPEG? (Hoffmann et al., 2021)."""
 
+from __future__ import annotations
+
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from p2p_cli.cli.common import (
-    DeviceOpt,
-    QuietOpt,
-    SeedOpt,
-    VerboseOpt,
-    WorkdirOpt,
-    reporter,
-    variadic_command,
-    write_json_report,
-)
-from p2p_cli.workflows.robustness import (
-    ATTACKS,
-    AttackSettings,
-    JpegSettings,
-    RobustnessOptions,
-    parse_budget,
-    print_report,
-    run_robustness,
-)
+from p2p_cli.attacks.options import ATTACKS, REGIONS
+from p2p_cli.cli.command import variadic_command
+from p2p_cli.cli.common import write_json_report
+from p2p_cli.cli.options import Common, JsonOpt, ModelsOpt, RunData, only, with_options
+from p2p_cli.cli.robustness_table import print_report
 
 RobustnessCommand = variadic_command("--model", "-m")  # --model a b c
 
 
+@with_options
 def robustness_cmd(
-    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="model REF(s): run directories or run "
-                                                    "names in the workdir; several may follow one flag")] = None,
+    model: ModelsOpt = None,
     attack: Annotated[str, typer.Option("--attack", help="head-on-stomach (PGD moves a prototype's best match, "
-                                        "paper §3) | jpeg (clean vs JPEG-compressed, §4)",
+                                        "paper §3) or jpeg (clean vs JPEG-compressed, §4)",
                                         metavar="|".join(ATTACKS))] = "head-on-stomach",
-    eps: Annotated[str, typer.Option("--eps", help="L∞ budget in [0, 1] pixel units")] = "8/255",
-    step: Annotated[str, typer.Option("--step", help="PGD step size in pixel units")] = "2/255",
+    eps: Annotated[str, typer.Option("--eps", help="L∞ budget in [0, 1] pixel units, e.g. 8/255",
+                                     metavar="FLOAT")] = "8/255",
+    step: Annotated[str, typer.Option("--step", help="PGD step size in pixel units", metavar="FLOAT")] = "2/255",
     iters: Annotated[int, typer.Option("--iters", help="PGD steps per prototype")] = 40,
     top_k: Annotated[int, typer.Option("--top-k", help="prototypes tried per image (head-on-stomach); size of the "
                                        "compared top-k sets (jpeg)")] = 5,
@@ -43,8 +32,8 @@ def robustness_cmd(
                                                "images to attack (default 200); jpeg: test images (default all)")
                       ] = None,
     region: Annotated[str, typer.Option("--region", help="where δ may be non-zero: target (the pixels of the "
-                                        "cells outside the original best match, S_noisy) | image (anywhere, "
-                                        "Eq. 3 literally)", metavar="target|image")] = "target",
+                                        "cells outside the original best match, S_noisy) or image (anywhere, "
+                                        "Eq. 3 literally)", metavar="|".join(REGIONS))] = "target",
     adv_iters: Annotated[int, typer.Option("--adv-iters", help="PGD steps of the cross-entropy attack behind the "
                                            "adversarial accuracy (0: skip)")] = 10,
     quality: Annotated[int, typer.Option("--quality", help="jpeg: JPEG quality (1-100)")] = 20,
@@ -54,37 +43,37 @@ def robustness_cmd(
                                          "before/after figure per model (0: none)")] = 4,
     out: Annotated[Path | None, typer.Option("--out", help="folder for the PNG figures (default: "
                                              "WORKDIR/robustness/ATTACK)")] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="write the figures as JSON")] = None,
-    dataset: Annotated[str | None, typer.Option("--dataset", help="override the dataset recorded in the run "
-                                                "(synthetic|cub|cars|folder)")] = None,
-    data_root: Annotated[str | None, typer.Option("--data-root", help="override the dataset root")] = None,
+    json_path: JsonOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="images per batch")] = 32,
-    precision: Annotated[str | None, typer.Option("--precision", help="auto|bf16|fp16|fp32 autocast of the "
-                                                  "backbone (default: the run's)")] = None,
-    workdir: WorkdirOpt = Path("runs"),
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = None,
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    data: Annotated[RunData, only("dataset", "data_root", "precision")],
+    common: Common,
 ) -> None:
     """Robustness of the explanations (Hoffmann et al. 2021, "This Looks Like That... Does it?").
 
     head-on-stomach: PGD (Eq. 2-3) moves a top-k prototype's best match out of its original region S.
+    jpeg: prototype similarities on clean vs JPEG-compressed test images, with histograms. --teacher:
+    how often the students' explanations move on the teacher's adversarial images.
 
-    jpeg: prototype similarities on clean vs JPEG-compressed test images, with histograms.
-
-    --teacher: how often the students' explanations move on the teacher's adversarial images.
+    Examples:
+      p2p robustness --model teacher --images 50
+      p2p robustness --teacher teacher --model p2p --images 50
+      p2p robustness --model teacher p2p --attack jpeg --json jpeg.json
     """
-    s = seed or 0
+    from p2p_cli.attacks.head_on_stomach import AttackSettings
+    from p2p_cli.attacks.jpeg import JpegSettings
+    from p2p_cli.attacks.pixels import parse_budget
+    from p2p_cli.workflows.robustness import RobustnessOptions, run_robustness
+
+    s = common.seed or 0
     stomach = AttackSettings(eps=parse_budget(eps, "eps"), step=parse_budget(step, "step"), iters=iters,
                              top_k=top_k, images=images if images is not None else 200, region=region,
                              adv_iters=adv_iters, batch_size=batch_size, seed=s, figures=max(0, figures))
     jpeg = JpegSettings(quality=quality, top_k=top_k, images=images, batch_size=batch_size, seed=s)
-    opts = RobustnessOptions(attack=attack, stomach=stomach, jpeg=jpeg, teacher=teacher, dataset=dataset,
-                             data_root=data_root, precision=precision, device=device,
-                             out=out if out is not None else workdir / "robustness" / attack)
-    if attack == "head-on-stomach" and figures <= 0 and out is None:
-        opts.out = None
-    report = run_robustness(model or [], workdir=workdir, options=opts, reporter=reporter(verbose, quiet))
-    write_json_report(json_path, report, quiet)
+    if out is None and not (attack == "head-on-stomach" and figures <= 0):
+        out = common.workdir / "robustness" / attack
+    opts = RobustnessOptions(attack=attack, stomach=stomach, jpeg=jpeg, teacher=teacher, dataset=data.dataset,
+                             data_root=data.data_root, precision=data.precision, device=common.device, out=out)
+    report = run_robustness(model or [], workdir=common.workdir, options=opts, reporter=common.reporter())
+    write_json_report(json_path, report, common.quiet)
     print_report(report)

@@ -1,51 +1,45 @@
 """`p2p train-teacher`: train a ProtoPNet (a teacher, or a baseline student)."""
 
-from pathlib import Path
-from typing import Annotated
+from __future__ import annotations
+
+from typing import Annotated, Any
 
 import typer
 
-from p2p_cli.cli.common import (
+from p2p_cli.cli.options import (
     DISTILL_KEYS,
-    DeviceOpt,
-    QuietOpt,
-    SeedOpt,
-    VerboseOpt,
-    WorkdirOpt,
-    load_config,
-    reporter,
-    with_config_flags,
+    Common,
+    ConfigFileOpt,
+    OverwriteOpt,
+    ResumeOpt,
+    config_flags,
+    with_options,
 )
-from p2p_cli.runtime.device import make_runtime
-from p2p_cli.workflows.train_teacher import train_teacher
+from p2p_cli.workflows.commands import TrainOptions, train_teacher_command
 
 
-@with_config_flags(exclude=DISTILL_KEYS)
+@with_options
 def train_teacher_cmd(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config; flags override its keys")] = None,
+    config: ConfigFileOpt = None,
     name: Annotated[str | None, typer.Option("--name", help="run name (default: the backbone name)")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing run of that name")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run from its snapshot")] = False,
-    workdir: WorkdirOpt = Path("runs"),
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = None,
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    overwrite: OverwriteOpt = False,
+    resume: ResumeOpt = False,
     *,
-    overrides: dict,
+    common: Common,
+    overrides: Annotated[dict[str, Any], config_flags(exclude=DISTILL_KEYS)],
 ) -> None:
-    """Train a ProtoPNet: warm → joint → push → last layer (SPEC §3).
+    """Train a ProtoPNet: warm-up, joint training, prototype push, last layer (Chen et al., NeurIPS 2019).
 
     A teacher is this command with a big backbone; a baseline student the same with a small one.
     The run is written to WORKDIR/NAME (config.yaml, model.safetensors, prototypes.json, metrics.jsonl).
+
+    Examples:
+      p2p train-teacher -c examples/synthetic-fast.yaml --name t
+      p2p train-teacher -c examples/synthetic-fast.yaml --name t --resume
+      p2p train-teacher --dataset cub --data-root ~/CUB_200_2011 --pretrained
     """
-    overrides["seed"] = seed
-    cfg = load_config(config, overrides)
-    rt = make_runtime(device, cfg.precision, cfg.channels_last)
-    rep = reporter(verbose, quiet, rt.rank)
-    rep.debug("resolved config:\n" + "\n".join(f"  {k}: {v}" for k, v in cfg.to_dict().items()))
-    run, result = train_teacher(cfg, workdir=workdir, name=name or cfg.backbone, rt=rt, reporter=rep,
-                                overwrite=overwrite, resume=resume)
-    if rt.is_main:
-        acc = result["test_acc"]
-        typer.echo(f"{run.path}: test accuracy {acc:.3f} ({result['seconds']:.0f} s)")
+    opts = TrainOptions(config_file=config, overrides={**overrides, "seed": common.seed}, name=name,
+                        workdir=common.workdir, device=common.device, overwrite=overwrite, resume=resume)
+    outcome = train_teacher_command(opts, common.reporter())
+    if outcome.is_main:
+        typer.echo(f"{outcome.path}: test accuracy {outcome.test_acc:.3f} ({outcome.seconds:.0f} s)")

@@ -7,19 +7,18 @@ from typing import Annotated
 
 import typer
 
-from p2p_cli.cli.common import DeviceOpt, QuietOpt, SeedOpt, VerboseOpt, WorkdirOpt, reporter, variadic_command
-from p2p_cli.runtime.device import make_runtime
-from p2p_cli.workflows.visualize import VisualizeRequest, visualize
+from p2p_cli.cli.command import variadic_command
+from p2p_cli.cli.options import Common, ModelsOpt, with_options
+from p2p_cli.workflows.commands import visualize_command
 
 VisualizeCommand = variadic_command("--model", "-m")  # --model a b c
 
 
+@with_options
 def visualize_cmd(
     image: Annotated[Path | None, typer.Option("--image", "-i", help="image to explain: any JPEG/PNG, any size")
                      ] = None,
-    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="runs to show, several after one "
-                                                    "flag (default: the workdir's teacher, baseline and KD student)")
-                                 ] = None,
+    model: ModelsOpt = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="prototypes shown per model")] = 5,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="output directory (default: "
                                              "WORKDIR/visualizations/IMAGE-STEM)")] = None,
@@ -31,26 +30,31 @@ def visualize_cmd(
                                               "(of the explained class)")] = 10,
     show_parts: Annotated[bool, typer.Option("--show-parts", help="draw the dataset's ground-truth part boxes "
                                              "(dataset images only)")] = False,
-    precision: Annotated[str, typer.Option("--precision", help="auto|bf16|fp16|fp32")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="autocast precision of the backbones",
+                                           metavar="auto|bf16|fp16|fp32")] = "auto",
     json_path: Annotated[Path | None, typer.Option("--json", help="also write the numbers as JSON")] = None,
-    workdir: WorkdirOpt = Path("runs"),
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = None,
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    common: Common,
 ) -> None:
-    """Explain an image with one or more models, side by side (Proto2Proto Fig. 1, SPEC §8).
+    """Explain an image with one or more models, side by side (Proto2Proto Fig. 1).
 
     Per model: the prediction, then the top-k prototypes by contribution to the class (similarity ×
-    last-layer weight), each with its heat map and 95th-percentile box on the image and its source patch.
+    last-layer weight, ProtoPNet's local explanation), each with its heat map and 95th-percentile box on
+    the image and its source patch. --model defaults to the workdir's teacher, baseline and KD student.
     Writes OUT/explanation.png, OUT/gallery.png (with --prototypes) and a self-contained OUT/index.html.
+
+    Examples:
+      p2p visualize --image bird.jpg
+      p2p visualize --image bird.jpg --model teacher proto2proto --top-k 3
+      p2p visualize --image bird.jpg --prototypes --out figs/
     """
-    rep = reporter(verbose, quiet)
-    rt = make_runtime(device, precision, False)
-    req = VisualizeRequest(image=image, models=list(model or []), workdir=workdir, out=out, top_k=top_k,
+    from p2p_cli.workflows.visualize import VisualizeRequest
+
+    rep = common.reporter()
+    req = VisualizeRequest(image=image, models=list(model or []), workdir=common.workdir, out=out, top_k=top_k,
                            class_name=class_name, prototypes=prototypes, show_parts=show_parts,
                            gallery_rows=gallery_rows, json_path=json_path)
-    result = visualize(req, rt, rep)
+    result = visualize_command(req, rep, device=common.device, precision=precision)
     for line in result.lines:
         rep.info(line)
     for kind, path in result.files.items():

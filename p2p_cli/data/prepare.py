@@ -28,7 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from p2p_cli.data.datasets import DatasetIndex, Sample, crop_box, load_index, open_rgb
+from p2p_cli.data.images import crop_box, open_rgb
+from p2p_cli.data.index import DatasetIndex, Sample
+from p2p_cli.data.readers import load_index
 from p2p_cli.errors import P2PError
 
 KINDS = ("cub", "cars")

@@ -169,7 +169,7 @@ def compute_activations(jobs: Sequence[PassJob], batches: Iterable[Batch], rt: R
     :func:`~p2p_cli.data.transforms.eval_transform`), float images are taken as normalised.
 
     Per batch and model: one forward pass (backbone under ``rt.autocast()``, prototype layer in
-    fp32), ``distances.flatten(2).min(2)`` → argmin/min distance; with ``clean``/``noisy`` also
+    fp32), argmin of ``distances`` and the model's ``min_distances``; with ``clean``/``noisy`` also
     the own-class arg-max pixels on the clean images and on the images plus seeded noise (a
     second forward pass). Memory: the preallocated ``O(N·m)`` arrays plus one batch.
     """
@@ -202,7 +202,8 @@ def compute_activations(jobs: Sequence[PassJob], batches: Iterable[Batch], rt: R
             if job.base or job.clean:
                 with rt.autocast():
                     out = job.model(x)
-                mn, am = out.distances.flatten(2).min(dim=2)
+                am = out.distances.flatten(2).argmin(dim=2)
+                mn = out.min_distances
                 job.grid = (int(out.distances.shape[2]), int(out.distances.shape[3]))
                 job.argmin[idx] = am.cpu().numpy()  # type: ignore[index]
                 job.min_dist[idx] = mn.float().cpu().numpy()  # type: ignore[index]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 import p2p_cli
-from p2p_cli.data.datasets import DatasetIndex, Sample
+from p2p_cli.data.index import DatasetIndex, Sample
 from p2p_cli.errors import P2PError
 from p2p_cli.evaluation.activations import NOISE_CLIP, NOISE_STD, Activations, PartArgmax
 from p2p_cli.io.atomic import atomic_write_json
@@ -44,8 +44,9 @@ __all__ = [
 ]
 
 ACTIVATIONS_FORMAT = "p2p-activations"
-CACHE_VERSION = 1
-"""Bump when the cached arrays change meaning: it is part of every cache key."""
+CACHE_VERSION = 2
+"""Bump when the cached arrays change meaning: it is part of every cache key (2: min distances
+recomputed exactly at the arg-min cell, :func:`~p2p_cli.models.protopnet.min_distances_at_argmin`)."""
 
 
 def files_fingerprint(samples: Sequence[Sample]) -> str:

@@ -10,7 +10,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
-from p2p_cli.data.datasets import Sample, load_image_array
+from p2p_cli.data.images import load_image_array
+from p2p_cli.data.index import Sample
 
 __all__ = ["Batch", "image_batches"]
 

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from p2p_cli.data.datasets import DatasetIndex, Sample, crop_box, file_sha256
+from p2p_cli.data.images import crop_box, file_sha256
+from p2p_cli.data.index import DatasetIndex, Sample
 from p2p_cli.errors import P2PError
 
 Region = tuple[float, float, float, float]

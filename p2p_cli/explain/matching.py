@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from p2p_cli.metrics.transfer import pms
+from p2p_cli.metrics.prototype_matching import pms
 from p2p_cli.models.runs import LoadedRun
 
 

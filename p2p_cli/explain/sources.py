@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from p2p_cli.data.datasets import Sample, file_sha256, load_image, open_rgb
+from p2p_cli.data.images import file_sha256, load_image, open_rgb
+from p2p_cli.data.index import Sample
 from p2p_cli.explain.images import model_input
 from p2p_cli.models.runs import LoadedRun
 from p2p_cli.viz.explanation import source_tiles

@@ -67,7 +67,7 @@ class TrainConfig:
                                   "each; null: no decay)")
     prune_threshold: float = _key(0.01, "prototree: prune leaves whose max probability ≤ this or ≤ 1/K + "
                                   "this (nearly uniform)", minimum=0)
-    # -- schedule (SPEC §3) ------------------------------------------------------------------
+    # -- schedule (ProtoPNet's warm → joint → push → last layer, Chen et al. 2019) ------------
     epochs: int = _key(20, "warm + joint epochs", minimum=1)
     warm_epochs: int = _key(6, "warm-up epochs (backbone frozen unless warm_train_backbone)", minimum=0)
     warm_train_backbone: bool = _key(False, "also train the backbone in the warm stage (random init)")
@@ -101,7 +101,7 @@ class TrainConfig:
                     "events to RUN/tensorboard/ (needs the tensorboard extra)", choices=("none", "tensorboard"))
     eval_every: int = _key(1, "measure test accuracy every N training epochs (always after a push and "
                            "at the last epoch)", minimum=1)
-    # -- distillation (SPEC §5) ----------------------------------------------------------------
+    # -- distillation (Proto2Proto, Keswani et al. 2022; KD baselines) ------------------------
     teacher: str | None = _key(None, "teacher run (path, or name in the workdir)")
     method: str = _key("proto2proto", "distillation method", choices=("proto2proto", "hint", "rkd", "kd", "none"))
     lambda_global: float = _key(10.0, "weight of L_global (Eq. 5)", minimum=0)
@@ -233,6 +233,12 @@ def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str,
     if cfg.dataset != "synthetic" and not cfg.data_root:
         raise P2PError(f"dataset '{cfg.dataset}' needs a data root (--data-root or data_root)")
     return cfg
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults ← the YAML file at ``path`` (when given) ← ``overrides`` (flags; ``None`` = not given)."""
+    file_values = read_config_file(path) if path else {}
+    return build_config(file_values, overrides, source=str(path) if path else "config")
 
 
 def parse_milestones(text: str | None) -> list[int]:

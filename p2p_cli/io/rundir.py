@@ -1,4 +1,4 @@
-"""Run directories (SPEC §10) and model references.
+"""Run directories and model references.
 
 ```
 <workdir>/<name>/
@@ -117,9 +117,13 @@ def list_runs(workdir: Path) -> list[RunDir]:
 
 
 def resolve_ref(ref: str | Path, workdir: Path) -> RunDir:
-    """A model reference → its run directory: a run directory, its ``model.safetensors``, a run
-    name inside ``workdir``, or ``hf-hub:ORG/NAME[@REV]`` (a run shared on the Hugging Face Hub,
-    fetched into the Hub's cache and verified: :func:`p2p_cli.io.hub.resolve_hub_ref`)."""
+    """A model reference → its run directory.
+
+    ``ref`` is a run directory, its ``model.safetensors``, the name of a run in ``workdir``, or
+    ``hf-hub:ORG/NAME[@REV]`` (a run shared on the Hugging Face Hub, fetched into the Hub's cache
+    and verified: :func:`p2p_cli.io.hub.resolve_hub_ref`); a one-line P2PError lists the
+    workdir's runs when none matches.
+    """
     if str(ref).startswith("hf-hub:"):
         from p2p_cli.io.hub import resolve_hub_ref
 

@@ -119,6 +119,24 @@ def squared_l2_distances(features: torch.Tensor, prototypes: torch.Tensor) -> to
     return torch.relu(z2 - 2.0 * zp + p2)
 
 
+def min_distances_at_argmin(features: torch.Tensor, prototypes: torch.Tensor, distances: torch.Tensor
+                            ) -> torch.Tensor:
+    """Each prototype's minimum squared distance, recomputed as ``Σ_d (z_d − p_d)²`` at its arg-min cell.
+
+    features: (B, D, H, W); prototypes: (m, D); distances: (B, m, H, W) from
+    :func:`squared_l2_distances`, which only picks the cell. The expanded form
+    ``‖z‖² − 2 z·p + ‖p‖²`` loses ~1e-7·‖z‖² to cancellation, and right after a push the nearest
+    patch *is* the prototype (d ≈ 0), where ``log((d + 1)/(d + 1e-4))`` turns that rounding into
+    errors of 1e-3 in the similarity — different on every machine and thread count. Recomputed
+    directly, the error scales with the distance itself. Same value and gradient in exact
+    arithmetic (∂/∂z = 2(z − p) either way). Returns (B, m) fp32.
+    """
+    z = features.float().flatten(2)  # (B, D, HW)
+    cell = distances.flatten(2).argmin(dim=2)  # (B, m)
+    nearest = torch.gather(z, 2, cell.unsqueeze(1).expand(-1, z.shape[1], -1))  # (B, D, m)
+    return (nearest - prototypes.float().t().unsqueeze(0)).square().sum(dim=1)
+
+
 def log_similarity(distances: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     """ProtoPNet's similarity ``log((d + 1) / (d + ε))``, elementwise, any shape."""
     return torch.log((distances + 1.0) / (distances + eps))
@@ -219,7 +237,7 @@ class ProtoPNet(PrototypeNetwork):
         """Prototype layer + last layer on add-on features (fp32, outside autocast)."""
         with torch.autocast(device_type=features.device.type, enabled=False):
             distances = squared_l2_distances(features, self.prototypes)
-            min_distances = distances.flatten(2).amin(dim=2)
+            min_distances = min_distances_at_argmin(features, self.prototypes, distances)
             logits = self.last_layer(log_similarity(min_distances))
         return ProtoOutput(logits, min_distances, distances, features)
 

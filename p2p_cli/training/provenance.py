@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from p2p_cli.data.datasets import DatasetIndex, crop_box, file_sha256, image_dims
+from p2p_cli.data.images import crop_box, file_sha256, image_dims
+from p2p_cli.data.index import DatasetIndex
 from p2p_cli.models.maps import high_activation_box, patch_box
 from p2p_cli.models.receptive_field import receptive_field_boxes
 from p2p_cli.training.push import PushResult

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from p2p_cli.cli.evaluate_table import print_report  # re-export: remove after merge  # noqa: F401
-from p2p_cli.data.datasets import DatasetIndex, Sample, parts_in_input
+from p2p_cli.data.images import parts_in_input
+from p2p_cli.data.index import DatasetIndex, Sample
 from p2p_cli.data.loaders import load_dataset_index
 from p2p_cli.errors import P2PError
 from p2p_cli.evaluation.activations import (
@@ -44,14 +44,11 @@ from p2p_cli.evaluation.cache import (
     activations_metadata,
     files_fingerprint,
     key_id,
-    load_activations,  # re-export: remove after merge  # noqa: F401
     save_activations,
 )
 from p2p_cli.evaluation.images import image_batches
 from p2p_cli.evaluation.options import (
-    ALL_METRICS,  # re-export: remove after merge  # noqa: F401
     EvalOptions,
-    parse_taus,  # re-export: remove after merge  # noqa: F401
     tau_key,
 )
 from p2p_cli.evaluation.report import add_deltas, chance_level, headline_tau, metric_report, part_scores

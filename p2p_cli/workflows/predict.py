@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from p2p_cli.data.datasets import IMAGE_EXTENSIONS
+from p2p_cli.data.readers import IMAGE_EXTENSIONS
 from p2p_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from p2p_cli.errors import P2PError
 from p2p_cli.explain.images import model_input, read_image

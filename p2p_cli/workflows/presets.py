@@ -1,8 +1,9 @@
 """Built-in configurations of the synthetic CPU pipeline (the quickstart's presets).
 
 ``fast`` is the schedule of ``examples/synthetic-fast.yaml`` (a test keeps the two equal): it
-trains the paper's pipeline on 2 CPU cores in minutes (SPEC §12). ``full`` doubles the data and
-the epochs for a more stable comparison; ``tiny`` is a smoke test of the pipeline.
+trains the paper's pipeline on 2 CPU cores in minutes. ``full`` doubles the data and the epochs
+for a more stable comparison; ``tiny`` is a smoke test of the pipeline. :data:`ABLATIONS` are the
+rows of Proto2Proto's Table 4 (Keswani et al., CVPR 2022) beyond the full method.
 """
 
 from __future__ import annotations
@@ -55,6 +56,16 @@ PRESETS["tiny"] = {
                "test_batch_size": 9, "precision": "fp32"},
     "teacher": "resnet18", "student": "resnet18",
 }
+
+
+# The paper's Table 4 rows beyond the full method: (run suffix, label, config overrides).
+ABLATIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("ppc-only", "L_ppnet + L_ppc", {"lambda_global": 0.0}),
+    ("global-only", "L_ppnet + L_global", {"lambda_ppc": 0.0}),
+    ("head-init", "L_ppnet + L_ppc + L_global, new head", {"head": "init"}),
+    ("head-frozen", "L_ppnet + L_ppc + L_global, teacher's head frozen", {"head": "frozen"}),
+    ("no-ppnet", "L_ppc + L_global, teacher's head frozen (no L_ppnet)", {"head": "frozen", "ppnet_loss": False}),
+)
 
 
 def get_preset(name: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from p2p_cli.data.datasets import ImageDataset
+from p2p_cli.data.images import ImageDataset
 from p2p_cli.data.loaders import eval_loader, load_dataset_index
 from p2p_cli.data.transforms import eval_transform
 from p2p_cli.errors import P2PError

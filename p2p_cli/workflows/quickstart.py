@@ -1,16 +1,17 @@
 """quickstart: the paper's whole pipeline on the built-in synthetic data, ending in a report.
 
 teacher (train-teacher) → baseline (distill --method none) → proto2proto (distill) →
-proto2proto-pruned (prune) → evaluate → visualize → report. Every step calls the same engine
+proto2proto-pruned (prune) → evaluate → visualize → report. Every step calls the same workflow
 function as its command and is skipped when its run is complete; an interrupted run is
 resumed from its snapshot, so re-running never recomputes finished work and (deterministic
-mode) ends with the same report.
+mode) ends with the same report. The verdict and the statistics over seeds come from
+:mod:`p2p_cli.evaluation.comparison`; the presets and the ablation rows from
+:mod:`p2p_cli.workflows.presets`.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,29 +19,24 @@ from pathlib import Path
 from typing import Any
 
 from p2p_cli.data.loaders import load_dataset_index
+from p2p_cli.evaluation.comparison import seed_statistics, verdict
+from p2p_cli.evaluation.options import EvalOptions
 from p2p_cli.io.atomic import atomic_write_json
 from p2p_cli.io.checkpoint import read_metadata
 from p2p_cli.io.config import TrainConfig, build_config, config_from_dict
 from p2p_cli.io.rundir import RunDir
-from p2p_cli.runtime.device import Runtime
+from p2p_cli.runtime.device import Runtime, make_runtime
 from p2p_cli.runtime.reporter import Reporter
+from p2p_cli.workflows.commands import for_rank
 from p2p_cli.workflows.distill import distill
-from p2p_cli.workflows.evaluate import EvalOptions, evaluate_models
-from p2p_cli.workflows.presets import get_preset
+from p2p_cli.workflows.evaluate import evaluate_models
+from p2p_cli.workflows.presets import ABLATIONS, get_preset
 from p2p_cli.workflows.prune import PruneOptions, prune
 from p2p_cli.workflows.train_teacher import train_teacher
 from p2p_cli.workflows.visualize import VisualizeRequest, visualize
 
 ROLES = ("teacher", "baseline", "proto2proto")
 STUDENT_SEED = 1000  # students of seed k use STUDENT_SEED + k, the teacher k
-# The paper's Table 4 rows beyond the full method: (run suffix, label, config overrides).
-ABLATIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("ppc-only", "L_ppnet + L_ppc", {"lambda_global": 0.0}),
-    ("global-only", "L_ppnet + L_global", {"lambda_ppc": 0.0}),
-    ("head-init", "L_ppnet + L_ppc + L_global, new head", {"head": "init"}),
-    ("head-frozen", "L_ppnet + L_ppc + L_global, teacher's head frozen", {"head": "frozen"}),
-    ("no-ppnet", "L_ppc + L_global, teacher's head frozen (no L_ppnet)", {"head": "frozen", "ppnet_loss": False}),
-)
 
 
 @dataclass(frozen=True)
@@ -50,6 +46,13 @@ class QuickstartOptions:
     seeds: int = 1
     ablations: bool = False
     explain_images: int = 3
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class QuickstartResult:
+    report: dict[str, Any]
+    is_main: bool  # False on the other ranks of a torchrun job, which print nothing
 
 
 @dataclass
@@ -130,52 +133,6 @@ def evaluate_all(opts: QuickstartOptions, rt: Runtime, reporter: Reporter) -> tu
     return main, others
 
 
-def seed_statistics(reports: list[dict[str, Any]], tau: str) -> dict[str, dict[str, dict[str, float]]]:
-    """Mean and std over seeds of acc, AAP(τ), AJS(τ) and PMS per role (teacher, baseline, proto2proto)."""
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for role in ROLES:
-        values: dict[str, list[float]] = {"acc": [], "aap": [], "ajs": [], "pms": []}
-        for k, rep in enumerate(reports):
-            row = rep["models"].get(run_name(role, k))
-            if row is None:
-                continue
-            values["acc"].append(row["acc"])
-            values["aap"].append(row["aap"][tau])
-            values["ajs"].append(row["ajs"][tau])
-            values["pms"].append(row["pms"])
-        out[role] = {key: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
-                           "n": len(v)} for key, v in values.items() if v}
-    return out
-
-
-def verdict(report: dict[str, Any], tau: str) -> dict[str, Any]:
-    """Did the Proto2Proto student get closer to the teacher than the baseline, at what accuracy?"""
-    b, p, t = report["models"]["baseline"], report["models"]["proto2proto"], report["models"]["teacher"]
-    ajs_up = p["ajs"][tau] > b["ajs"][tau]
-    pms_up = p["pms"] > b["pms"]
-    acc_ok = p["acc"] >= b["acc"]
-    transferred = ajs_up and pms_up
-    parts = [
-        f"At τ = {tau}, the Proto2Proto student's active patches overlap the teacher's with AJS {p['ajs'][tau]:.3f} "
-        f"against {b['ajs'][tau]:.3f} for the baseline student ({p['ajs'][tau] - b['ajs'][tau]:+.3f}), and its "
-        f"prototypes match the teacher's with PMS {p['pms']:.3f} against {b['pms']:.3f} "
-        f"({p['pms'] - b['pms']:+.3f}).",
-        f"Test accuracy: Proto2Proto {p['acc']:.3f}, baseline {b['acc']:.3f}, teacher {t['acc']:.3f}.",
-    ]
-    if transferred and acc_ok:
-        parts.append("Interpretability transferred: the distilled student reasons more like its teacher than the "
-                     "baseline does, at no loss of accuracy — the paper's main claim holds on this data.")
-    elif transferred:
-        parts.append("Interpretability transferred (AJS and PMS are higher), but at lower accuracy than the "
-                     "baseline, so the paper's claim holds only in part here.")
-    else:
-        which = " and ".join(n for n, up in (("AJS", ajs_up), ("PMS", pms_up)) if not up)
-        parts.append(f"Interpretability did not transfer on {which}: the paper's claim is not reproduced by "
-                     "this run.")
-    return {"transferred": transferred, "accuracy_not_lower": acc_ok, "ajs_higher": ajs_up, "pms_higher": pms_up,
-            "tau": tau, "text": " ".join(parts)}
-
-
 def explain_images(workdir: Path, count: int) -> list[Path]:
     """The first test image of ``count`` different classes (deterministic)."""
     teacher = RunDir(workdir / "teacher")
@@ -217,7 +174,7 @@ def quickstart(opts: QuickstartOptions, rt: Runtime, reporter: Reporter) -> dict
     report["verdict"] = verdict(main, tau)
     report["headline_tau_key"] = tau
     if opts.seeds > 1:
-        report["seeds"] = {"n": opts.seeds, "statistics": seed_statistics([main, *others], tau),
+        report["seeds"] = {"n": opts.seeds, "statistics": seed_statistics([main, *others], tau, ROLES, run_name),
                            "reports": others}
     if opts.ablations:
         report["ablations"] = [{"run": f"ablation-{s}", "losses": label} for s, label, _ in ABLATIONS]
@@ -229,3 +186,14 @@ def quickstart(opts: QuickstartOptions, rt: Runtime, reporter: Reporter) -> dict
     write_report(out, report, curves)
     atomic_write_json(out / "report.json", json.loads(json.dumps(report, default=str)))
     return report
+
+
+def quickstart_command(opts: QuickstartOptions, reporter: Reporter) -> QuickstartResult:
+    """``p2p quickstart``: make the runtime the preset asks for, say when this CPU trains in fp32, run."""
+    cfg = get_preset(opts.preset)["config"]
+    rt = make_runtime(opts.device, cfg["precision"], cfg["channels_last"])
+    rep = for_rank(reporter, rt)
+    if rt.device.type == "cpu" and rt.amp_dtype is None and cfg["precision"] == "auto":
+        rep.info("[dim]this CPU has neither AMX nor AVX512-BF16: training runs in fp32, about 2-3× slower than "
+                 "bf16 on a CPU that has them (see README, Performance)[/]")
+    return QuickstartResult(quickstart(opts, rt, rep), rt.is_main)

@@ -27,11 +27,11 @@ import torch
 
 from p2p_cli.attacks.head_on_stomach import AttackSettings
 from p2p_cli.attacks.jpeg import JpegSettings, run_jpeg
-from p2p_cli.attacks.pixels import parse_budget  # noqa: F401  # re-export: remove after merge
+from p2p_cli.attacks.options import ATTACKS
 from p2p_cli.attacks.stomach_experiment import run_head_on_stomach
 from p2p_cli.attacks.testset import raw_test_set
-from p2p_cli.cli.robustness_table import print_report  # noqa: F401  # re-export: remove after merge
-from p2p_cli.data.datasets import DatasetIndex, ImageDataset
+from p2p_cli.data.images import ImageDataset
+from p2p_cli.data.index import DatasetIndex
 from p2p_cli.data.loaders import load_dataset_index
 from p2p_cli.errors import P2PError, did_you_mean
 from p2p_cli.io.atomic import atomic_write_bytes
@@ -40,8 +40,6 @@ from p2p_cli.models.runs import LoadedRun, load_run
 from p2p_cli.runtime.device import Runtime, make_runtime
 from p2p_cli.runtime.reporter import Reporter
 from p2p_cli.viz.robustness import jpeg_histograms, stomach_figure
-
-ATTACKS = ("head-on-stomach", "jpeg")
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from p2p_cli.data.datasets import DatasetIndex, Sample
+from p2p_cli.data.index import DatasetIndex, Sample
 from p2p_cli.data.loaders import load_dataset_index
 from p2p_cli.errors import P2PError
 from p2p_cli.explain import panels, sections
