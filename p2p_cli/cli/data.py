@@ -38,10 +38,10 @@ def synthesize_cmd(
       p2p data synthesize --out data/synthetic
       p2p data synthesize --out data/hard --preset hard --classes 20
     """
-    from p2p_cli.data.synthetic import synthesize
+    from p2p_cli import api
 
-    path = synthesize(out, preset=preset, num_classes=classes, train_per_class=train_per_class,
-                      test_per_class=test_per_class, image_size=image_size, seed=seed, overwrite=overwrite)
+    path = api.synthesize(out, preset=preset, classes=classes, train_per_class=train_per_class,
+                          test_per_class=test_per_class, image_size=image_size, seed=seed, overwrite=overwrite)
     typer.echo(f"{path}: {classes} classes × ({train_per_class} train + {test_per_class} test) images, "
                f"{image_size} px, preset {preset}")
 
@@ -62,9 +62,9 @@ def check_cmd(
       p2p data check --dataset cub --data-root ~/data/CUB_200_2011
       p2p data check --dataset folder --data-root data/flowers
     """
-    from p2p_cli.data.check import check_dataset
+    from p2p_cli import api
 
-    rows = check_dataset(dataset, data_root)
+    rows = api.check_data(dataset, data_root)
     table = Table(title=f"{dataset}: {data_root or '(built-in synthetic)'}", title_justify="left")
     for col in ("check", "status", "detail"):
         table.add_column(col)
