@@ -103,7 +103,8 @@ def evaluate_models(model_refs: Sequence[str], *, workdir: Path, teacher: str | 
         rt = make_runtime(opts.device, opts.precision or cfg.precision, cfg.channels_last)
     index = load_dataset_index(cfg)
     samples = _split_samples(index, opts.split)
-    _check_classes(rows, index)
+    for em in rows:
+        em.check_classes(index)
     asked_parts = [m for m in ("consistency", "stability") if m in opts.metrics]
     want_parts = list(asked_parts)
     has_parts = bool(index.part_names) and any(s.parts for s in samples)
@@ -164,19 +165,6 @@ def _split_samples(index: DatasetIndex, split: str) -> list[Sample]:
     if not samples:
         raise P2PError(f"the {split} split of {index.name} ({index.root}) has no images")
     return samples
-
-
-def _check_classes(rows: Sequence[LoadedRun], index: DatasetIndex) -> None:
-    """Every model must have been trained on the dataset's classes (same names, same order)."""
-    for em in rows:
-        names = list(em.meta.get("class_names") or [])
-        if names and names != index.classes:
-            raise P2PError(f"'{em.name}' was trained on {len(names)} classes ({', '.join(names[:3])}, …) but "
-                           f"{index.name} at {index.root} has {len(index.classes)} "
-                           f"({', '.join(index.classes[:3])}, …); pass the model's dataset with --dataset/--data-root")
-        if em.model.config.num_classes != index.num_classes:
-            raise P2PError(f"'{em.name}' has {em.model.config.num_classes} classes but the dataset has "
-                           f"{index.num_classes}")
 
 
 def _collect_arrays(rows: Sequence[LoadedRun], index: DatasetIndex, samples: list[Sample], opts: EvalOptions,

@@ -95,10 +95,7 @@ def push_run(req: PushRequest, reporter: Reporter) -> dict[str, Any]:
                          test_batch_size=req.batch_size, workers=req.workers)
     rt = make_runtime(req.device, req.precision or cfg.precision, cfg.channels_last)
     index = load_dataset_index(cfg)
-    classes = loaded.classes
-    if classes and classes != index.classes:
-        raise P2PError(f"the model was trained on {len(classes)} classes ({', '.join(classes[:3])}, …) but the "
-                       f"dataset has {len(index.classes)} ({', '.join(index.classes[:3])}, …)")
+    loaded.check_classes(index)
     loaded.to(rt.device, channels_last=rt.channels_last, frozen=False)
     push_ds = ImageDataset(index.train, eval_transform(cfg.image_size), image_size=cfg.image_size,
                            crop_bbox=cfg.crop_bbox)
