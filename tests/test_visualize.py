@@ -207,7 +207,7 @@ def test_visualize_writes_figure_html_and_correct_numbers(workdir, tmp_path, cap
 
 def test_gallery_reuses_the_activation_cache(workdir, tmp_path, capsys, monkeypatch):
     """The gallery's test-set argmins come from (and go to) evaluate's activation cache."""
-    import p2p_cli.workflows.evaluate as ev
+    import p2p_cli.evaluation.collect as ev
 
     image = _test_images(workdir)[0]
     args = ["visualize", "--image", str(image), "--workdir", str(workdir), "--prototypes", "--device", "cpu",
