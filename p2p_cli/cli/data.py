@@ -12,6 +12,7 @@ from rich.table import Table
 from p2p_cli.cli.command import P2PCommand, P2PGroup
 from p2p_cli.cli.data_prepare import prepare_cmd
 from p2p_cli.cli.options import Common, only, with_options
+from p2p_cli.io.config import DATASET_KINDS
 
 app = typer.Typer(help="Dataset tools: synthesize the built-in data, check a dataset root.", no_args_is_help=True,
                   cls=P2PGroup)
@@ -49,7 +50,7 @@ def synthesize_cmd(
 @app.command("check", cls=P2PCommand)
 @with_options
 def check_cmd(
-    dataset: Annotated[str, typer.Option("--dataset", help="dataset kind", metavar="cub|cars|folder|synthetic")],
+    dataset: Annotated[str, typer.Option("--dataset", help="dataset kind", metavar="|".join(DATASET_KINDS))],
     data_root: Annotated[Path | None, typer.Option("--data-root", help="dataset root")] = None,
     *,
     common: QuietOnly,
