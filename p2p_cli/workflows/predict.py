@@ -32,7 +32,7 @@ from p2p_cli.runtime.device import Runtime
 from p2p_cli.runtime.reporter import Reporter
 
 
-@dataclass
+@dataclass(frozen=True)
 class PredictRequest:
     model: str
     inputs: list[Path]

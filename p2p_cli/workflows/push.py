@@ -50,8 +50,10 @@ MOVED_TOL = 1e-8
 IMAGE_LONG_SIDE = 224  # saved overlays: at least this many pixels on the longer side
 
 
-@dataclass
+@dataclass(frozen=True)
 class PushRequest:
+    """What ``p2p push-prototypes`` was asked (``None``: the run's own value)."""
+
     model: str
     workdir: Path
     dataset: str | None = None

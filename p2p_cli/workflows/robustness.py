@@ -41,7 +41,7 @@ from p2p_cli.runtime.reporter import Reporter
 from p2p_cli.viz.robustness import jpeg_histograms, stomach_figure
 
 
-@dataclass
+@dataclass(frozen=True)
 class RobustnessOptions:
     """What ``p2p robustness`` was asked for (``teacher``: the transfer view; ``out``: the figure
     folder, None for no figures; ``dataset``/``data_root``/``precision``: overrides of the run's)."""

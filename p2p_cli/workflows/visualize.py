@@ -39,8 +39,10 @@ QUICKSTART_NAMES = ("teacher", "baseline", "proto2proto")
 DISPLAY_MIN = 224  # display images: longer side max(224, S) px
 
 
-@dataclass
+@dataclass(frozen=True)
 class VisualizeRequest:
+    """What ``p2p visualize`` was asked (``models`` empty: :func:`default_model_runs`)."""
+
     image: Path | None
     models: list[str]
     workdir: Path
