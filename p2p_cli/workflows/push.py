@@ -56,9 +56,9 @@ class PushRequest:
 
     model: str
     workdir: Path
+    save_images: bool = True
     dataset: str | None = None
     data_root: str | None = None
-    save_images: bool = True
     name: str | None = None
     overwrite: bool = False
     batch_size: int | None = None
