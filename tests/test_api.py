@@ -74,3 +74,31 @@ def test_load_run_and_the_class_check(shared_teacher):
         assert f"other at /data/other has {len(classes)} (" in msg and msg.endswith("; use its dataset")
     with pytest.raises(P2PError, match="not found|no run"):
         api.load_run("no-such-run", workdir=shared_teacher.parent)
+
+
+CLI_TO_API = {  # each command's function and the API function it calls
+    "train-teacher": "train_teacher", "distill": "distill", "quickstart": "quickstart", "push-prototypes": "push",
+    "prune": "prune", "evaluate": "evaluate", "visualize": "explain", "robustness": "attack", "predict": "predict",
+    "export": "export", "models": "list_models",
+}
+
+
+def test_api_defaults_are_the_cli_defaults():
+    """Where a command's flag and its API function's keyword share a name, they share the default
+    (except ``quiet``: a script's calls print nothing unless asked; a flag whose default is None
+    leaves the value to the run or the API)."""
+    from p2p_cli.cli.app import app
+
+    commands = {c.name: c.callback for c in app.registered_commands}
+    assert set(CLI_TO_API) <= set(commands)
+    compared = 0
+    for command, fn_name in CLI_TO_API.items():
+        flags = inspect.signature(commands[command]).parameters
+        for name, param in inspect.signature(getattr(api, fn_name)).parameters.items():
+            flag = flags.get(name)
+            if flag is None or name == "quiet" or param.default is inspect.Parameter.empty or not isinstance(
+                    flag.default, str | int | float | bool | Path):  # None: "not given", the run's value
+                continue
+            assert str(flag.default) == str(param.default), (command, name, flag.default, param.default)
+            compared += 1
+    assert compared >= 40
