@@ -70,7 +70,7 @@ def train_teacher(config: PathLike | None = None, *, name: str | None = None, wo
     """Train a ProtoPNet (or a ProtoTree with ``arch="prototree"``) into ``workdir/name``:
     warm-up, joint training, prototype push, last layer (Chen et al., NeurIPS 2019).
 
-    ``config`` is a YAML file; every config key (README, "Configuration") may be given as a
+    ``config`` is a YAML file; every config key (README, "Configuration keys") may be given as a
     keyword and beats the file (``None``: not given). ``name`` defaults to the backbone.
     Example::
 
