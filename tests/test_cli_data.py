@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.test_cli_train import run_cli
+from tests.conftest import run_cli
 
 TINY = ["--classes", "2", "--train-per-class", "1", "--test-per-class", "1", "--image-size", "48"]
 

@@ -14,23 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from p2p_cli.cli.app import main
 from p2p_cli.io.checkpoint import load_tensors
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    """Run `p2p ARGS` in-process through the real entry point; returns (exit code, stdout, stderr)."""
-    old = sys.argv
-    sys.argv = ["p2p", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from tests.conftest import run_cli
 
 
 def test_train_teacher_writes_a_complete_run(tmp_path, tiny_config, capsys):

@@ -13,7 +13,7 @@ from p2p_cli.data.check import check_dataset
 from p2p_cli.data.prepare import class_folder, prepare_dataset
 from p2p_cli.data.readers import load_index
 from p2p_cli.errors import P2PError
-from tests.test_cli_train import run_cli
+from tests.conftest import run_cli
 from tests.test_data_datasets import make_cars, make_cub
 
 

@@ -11,23 +11,13 @@ import yaml
 
 from p2p_cli.io.checkpoint import load_tensors, read_metadata, save_tensors, weights_hash
 from p2p_cli.workflows import distill as distill_mod
-from tests.conftest import TINY_CONFIG
-from tests.test_cli_train import run_cli
+from tests.conftest import run_cli, teacher_workdir
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A tiny trained teacher `t` (shared by the tests of this module)."""
-    work = tmp_path_factory.mktemp("distill")
-    (work / "tiny.yaml").write_text(TINY_CONFIG)
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-m", "p2p_cli", "train-teacher", "--config", str(work / "tiny.yaml"),
-                           "--workdir", str(work), "--name", "t", "--device", "cpu", "-q"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    return work
+def workdir(shared_teacher, tmp_path_factory):
+    """A workdir with the tiny teacher `t` (a copy of the session's) for the tests of this module."""
+    return teacher_workdir(shared_teacher, tmp_path_factory.mktemp("distill"), "t")
 
 
 def test_proto2proto_student_run_is_complete_and_the_teacher_stays_frozen(workdir, capsys, monkeypatch):

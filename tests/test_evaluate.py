@@ -34,8 +34,7 @@ from p2p_cli.metrics.prototype_matching import pms
 from p2p_cli.models.factory import load_model, save_model
 from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig
 from p2p_cli.runtime.device import Runtime
-from tests.conftest import TINY_CONFIG
-from tests.test_cli_train import run_cli
+from tests.conftest import run_cli, teacher_workdir
 
 CPU = Runtime(device=torch.device("cpu"), amp_dtype=None, channels_last=False)
 
@@ -298,24 +297,16 @@ def test_evaluation_pass_matches_a_direct_forward_and_does_not_depend_on_batchin
 # ---------------------------------------------------------------------------------------------
 
 
-class _NoCapture:
-    def readouterr(self):
-        return type("Out", (), {"out": "", "err": ""})()
-
-
 @pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
-    """Teacher `t` (train-teacher), Proto2Proto student `s` (distill), baseline `b` (train-teacher,
-    another seed, shorter) and `pruned` (s with its last 2 prototypes removed)."""
-    work = tmp_path_factory.mktemp("evaluate")
-    cfg = work / "tiny.yaml"
-    cfg.write_text(TINY_CONFIG)
-    common = ["--config", str(cfg), "--workdir", str(work), "--device", "cpu", "-q"]
-    for args in (["train-teacher", "--name", "t"],
-                 ["distill", "--teacher", "t", "--student", "resnet18", "--method", "proto2proto", "--name", "s"],
+def work(shared_teacher, tmp_path_factory) -> Path:
+    """Teacher `t` (the session's, train-teacher), Proto2Proto student `s` (distill), baseline `b`
+    (train-teacher, another seed, shorter) and `pruned` (s with its last 2 prototypes removed)."""
+    work = teacher_workdir(shared_teacher, tmp_path_factory.mktemp("evaluate"), "t")
+    common = ["--config", str(work / "tiny.yaml"), "--workdir", str(work), "--device", "cpu", "-q"]
+    for args in (["distill", "--teacher", "t", "--student", "resnet18", "--method", "proto2proto", "--name", "s"],
                  ["train-teacher", "--name", "b", "--seed", "1", "--epochs", "1", "--last-layer-epochs", "1"]):
-        code, _, err = run_cli([*args, *common], _NoCapture())
-        assert code == 0, err
+        code, _, err = run_cli([*args, *common])
+        assert code == 0, "training failed"
     # a "pruned" student: s without its last two prototypes (last-layer columns dropped too)
     student, meta = load_model(work / "s" / "model.safetensors")
     keep = student.num_prototypes - 2

@@ -20,24 +20,21 @@ from p2p_cli.export.wrapper import export_module
 from p2p_cli.models.runs import load_run
 from p2p_cli.runtime.reporter import Reporter
 from p2p_cli.workflows.export import ExportRequest, export_run
-from tests.test_cli_train import run_cli
-from tests.test_predict import NoCapture, trained_run
+from tests.conftest import copy_run, run_cli
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
-def run(_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the shared tiny run (exports are written into the run directory)."""
-    dst = tmp_path_factory.mktemp("export") / "teacher"
-    shutil.copytree(trained_run(_cache_dir), dst)
-    return dst
+def run(shared_teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session's tiny teacher (exports are written into the run directory)."""
+    return copy_run(shared_teacher, tmp_path_factory.mktemp("export") / "teacher")
 
 
 @pytest.fixture(scope="module")
 def onnx_file(run: Path) -> Path:
     """The real CLI's ONNX export (default path RUN/model.onnx)."""
-    code, _, err = run_cli(["export", str(run), "--format", "onnx", "-q"], NoCapture())
+    code, _, err = run_cli(["export", str(run), "--format", "onnx", "-q"], None)
     assert code == 0, err
     return run / "model.onnx"
 

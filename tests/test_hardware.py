@@ -92,5 +92,5 @@ def test_pms_backend_auto_avoids_emulated_int8(cpu_caps, monkeypatch):
 
 
 def test_cli_prints_our_warnings_as_one_line(capsys):
-    cli_app._show_warning(P2PWarning("precision bf16 … is emulated"), P2PWarning, "x.py", 3)
+    cli_app.show_warning(P2PWarning("precision bf16 … is emulated"), P2PWarning, "x.py", 3)
     assert capsys.readouterr().err == "warning: precision bf16 … is emulated\n"

@@ -28,16 +28,16 @@ from p2p_cli.io.hub import (
 )
 from p2p_cli.io.model_card import MARKER, parse_front_matter
 from p2p_cli.models.runs import load_run
-from tests.test_cli_train import run_cli
-from tests.test_predict import trained_run
+from tests.conftest import copy_run, run_cli
 
 SHA = "4f1c2ab0d3e5f60718293a4b5c6d7e8f90a1b2c3"
 RUN_FILES = ("model.safetensors", "config.yaml", "prototypes.json", "metrics.jsonl")
 
 
 @pytest.fixture(scope="module")
-def run(_cache_dir: Path) -> Path:
-    return trained_run(_cache_dir)
+def run(shared_teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session's tiny teacher (a push writes the model card into the run)."""
+    return copy_run(shared_teacher, tmp_path_factory.mktemp("hub") / "teacher")
 
 
 def fake_cache(cache: Path, run: Path, repo: str = "org--tiny", *, symlinks: bool = True,

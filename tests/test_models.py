@@ -128,12 +128,12 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_meta_skeleton_skips_only_meta_initialisers():
-    from p2p_cli.models.factory import _NoMetaInit
+    from p2p_cli.models.factory import NoMetaInit
 
-    with torch.device("meta"), _NoMetaInit():
+    with torch.device("meta"), NoMetaInit():
         w = torch.empty(3, 4)
         assert w.normal_() is w and w.is_meta
-    with _NoMetaInit():  # real tensors are still initialised
+    with NoMetaInit():  # real tensors are still initialised
         real = torch.zeros(1000).normal_()
         assert real.std() > 0.5
 

@@ -1,7 +1,7 @@
 """`p2p predict`: batched inference with the prototypes behind every prediction.
 
-A tiny teacher is trained once per session by the real CLI (:func:`trained_run`, shared with the
-hub and export tests); the images are written by the tests.
+The run is the session's tiny teacher (``shared_teacher`` in conftest.py; predict only reads it);
+the images are written by the tests.
 """
 
 from __future__ import annotations
@@ -23,38 +23,12 @@ from p2p_cli.models.runs import load_run
 from p2p_cli.runtime.device import make_runtime
 from p2p_cli.runtime.reporter import Reporter
 from p2p_cli.workflows.predict import PredictRequest, collect_images, csv_text, predict
-from tests.conftest import TINY_CONFIG
-from tests.test_cli_train import run_cli
-
-
-class NoCapture:
-    """A ``capsys`` stand-in for module-scoped fixtures (output goes to the real streams)."""
-
-    class _Out:
-        out = ""
-        err = ""
-
-    def readouterr(self):
-        return self._Out()
-
-
-def trained_run(cache_dir: Path) -> Path:
-    """A tiny teacher (3 classes, 6 prototypes, 32 px input, 2×2 grid) trained by the real CLI, once per
-    test session, in the session's data cache. Tests that modify a run copy it first."""
-    root = cache_dir / "ecosystem-runs"
-    run = root / "teacher"
-    if not (run / "model.safetensors").is_file():
-        root.mkdir(parents=True, exist_ok=True)
-        (root / "tiny.yaml").write_text(TINY_CONFIG)
-        code, _, err = run_cli(["train-teacher", "--config", str(root / "tiny.yaml"), "--workdir", str(root),
-                                "--name", "teacher", "--device", "cpu", "-q", "--overwrite"], NoCapture())
-        assert code == 0, err
-    return run
+from tests.conftest import run_cli
 
 
 @pytest.fixture(scope="module")
-def run(_cache_dir: Path) -> Path:
-    return trained_run(_cache_dir)
+def run(shared_teacher: Path) -> Path:
+    return shared_teacher
 
 
 def write_images(folder: Path, n_good: int, n_bad: int) -> tuple[list[Path], list[Path]]:

@@ -9,8 +9,7 @@ import torch
 
 from p2p_cli.io.checkpoint import read_metadata
 from p2p_cli.models.factory import load_model
-from tests.conftest import TINY_CONFIG
-from tests.test_cli_train import run_cli
+from tests.conftest import TINY_CONFIG, run_cli
 
 TREE = ["--arch", "prototree", "--depth", "2", "--device", "cpu"]
 
@@ -25,13 +24,9 @@ def work(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def teacher(work):
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-m", "p2p_cli", "train-teacher", "--config", str(work / "tiny.yaml"),
-                           "--workdir", str(work), "--name", "t", "-q", *TREE],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    code, _, _ = run_cli(["train-teacher", "--config", str(work / "tiny.yaml"), "--workdir", str(work), "--name", "t",
+                          "-q", *TREE])
+    assert code == 0, "training the tiny ProtoTree failed"
     return work / "t"
 
 

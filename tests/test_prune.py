@@ -20,7 +20,7 @@ from p2p_cli.pruning.protopshare import plan_merges, profile_dissimilarity
 from p2p_cli.runtime.device import Runtime
 from p2p_cli.training.last_layer import fit_last_layer
 from p2p_cli.training.push import push_prototypes
-from tests.test_cli_train import run_cli
+from tests.conftest import run_cli, teacher_workdir
 
 CPU = Runtime(device=torch.device("cpu"), amp_dtype=None, channels_last=False)
 
@@ -148,24 +148,9 @@ def _digest(run: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    from tests.conftest import TINY_CONFIG
-
-    work = tmp_path_factory.mktemp("prune")
-    cfg = work / "tiny.yaml"
-    cfg.write_text(TINY_CONFIG)
-    capsys = _NoCapture()
-    code, _, err = run_cli(["train-teacher", "--config", str(cfg), "--workdir", str(work), "--name", "t",
-                            "--device", "cpu", "-q"], capsys)
-    assert code == 0, err
-    return work
-
-
-class _NoCapture:
-    """run_cli's capsys stand-in for the module fixture (pytest's capsys is function-scoped)."""
-
-    def readouterr(self):
-        return type("Out", (), {"out": "", "err": ""})()
+def trained(shared_teacher, tmp_path_factory) -> Path:
+    """Workdir with the tiny teacher `t` (a copy of the session's)."""
+    return teacher_workdir(shared_teacher, tmp_path_factory.mktemp("prune"), "t")
 
 
 def _test_predictions(run: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -323,8 +308,8 @@ def test_a_pruned_teacher_distills_only_when_the_counts_match():
     classes = ["a", "b", "c"]
     teacher = _hand_model().merge_prototypes([[0, 1], [2, 3], [4], [5]])  # m = 4, K = 3
     with pytest.raises(P2PError, match="teacher m = 4 \\(not a multiple of its 3 classes"):
-        check_compatible(teacher, _hand_model(), cfg, "proto2proto", "copy", CPU, classes, classes)
+        check_compatible(teacher, _hand_model(), cfg, "proto2proto", "copy", CPU, classes)
     teacher = _hand_model().merge_prototypes([[0, 1], [2, 3], [4, 5]])  # m = 3 = K × 1
     student = ProtoPNet(ProtoPNetConfig(backbone="resnet18", num_classes=3, prototypes_per_class=1,
                                         prototype_depth=4, feature_stride=16))
-    check_compatible(teacher, student, cfg, "proto2proto", "copy", CPU, classes, classes)
+    check_compatible(teacher, student, cfg, "proto2proto", "copy", CPU, classes)

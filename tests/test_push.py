@@ -1,6 +1,7 @@
 """Push (prototype projection), its provenance and `p2p push-prototypes`.
 
-One tiny teacher is trained with the real CLI per module; everything else reuses it.
+The session's tiny teacher (trained with the real CLI) is copied into the module's workdir; everything
+else reuses it.
 """
 
 from __future__ import annotations
@@ -22,34 +23,16 @@ from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig
 from p2p_cli.models.receptive_field import feature_intervals, receptive_field_boxes, structural_surrogate
 from p2p_cli.runtime.device import Runtime
 from p2p_cli.training.push import push_prototypes
-from tests.conftest import TINY_CONFIG
-from tests.test_cli_train import run_cli
+from tests.conftest import run_cli, teacher_workdir
 
 CPU = Runtime(device=torch.device("cpu"), amp_dtype=None, channels_last=False)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Workdir with a tiny teacher `t` trained by the real CLI (its final push included)."""
-    work = tmp_path_factory.mktemp("push")
-    config = work / "tiny.yaml"
-    config.write_text(TINY_CONFIG)
-    capsys = _NoCapture()
-    code, _, err = run_cli(["train-teacher", "--config", str(config), "--workdir", str(work), "--name", "t",
-                            "--device", "cpu", "-q"], capsys)
-    assert code == 0, err
-    return work
-
-
-class _NoCapture:
-    """Stand-in for pytest's capsys in module-scoped fixtures (output goes to the terminal)."""
-
-    class _Out:
-        out = ""
-        err = ""
-
-    def readouterr(self):
-        return self._Out()
+def trained(shared_teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Workdir with the tiny teacher `t` (a copy of the session's, trained by the real CLI, its final push
+    included)."""
+    return teacher_workdir(shared_teacher, tmp_path_factory.mktemp("push"), "t")
 
 
 def _features_at_sources(model: ProtoPNet, records: list[dict], image_size: int) -> torch.Tensor:

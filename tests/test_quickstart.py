@@ -10,7 +10,7 @@ import pytest
 
 from p2p_cli.evaluation.comparison import seed_statistics, verdict
 from p2p_cli.workflows.quickstart import ROLES, run_name
-from tests.test_cli_train import run_cli
+from tests.conftest import run_cli
 
 
 def assert_verdict_matches_the_numbers(report: dict) -> None:

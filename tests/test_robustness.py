@@ -4,9 +4,6 @@ success criterion is the paper's; the JPEG numbers are reproducible; the trainin
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -36,8 +33,7 @@ from p2p_cli.io.config import build_config, with_overrides
 from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig
 from p2p_cli.models.runs import load_run
 from p2p_cli.runtime.device import make_runtime
-from tests.conftest import TINY_CONFIG
-from tests.test_cli_train import run_cli
+from tests.conftest import run_cli, teacher_workdir
 
 EPS = 8 / 255
 
@@ -160,16 +156,10 @@ def test_fgsm_examples_stay_in_the_normalised_eps_ball():
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A tiny trained run `t` and an identical copy `t2` (a 'student' that is the teacher)."""
-    work = tmp_path_factory.mktemp("robustness")
-    (work / "tiny.yaml").write_text(TINY_CONFIG)
-    done = subprocess.run([sys.executable, "-m", "p2p_cli", "train-teacher", "--config", str(work / "tiny.yaml"),
-                           "--workdir", str(work), "--name", "t", "--device", "cpu", "-q"],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    shutil.copytree(work / "t", work / "t2")
-    return work
+def workdir(shared_teacher, tmp_path_factory):
+    """The tiny trained run `t` (a copy of the session's teacher) and an identical copy `t2` (a 'student'
+    that is the teacher)."""
+    return teacher_workdir(shared_teacher, tmp_path_factory.mktemp("robustness"), "t", "t2")
 
 
 def test_attacked_images_stay_in_the_eps_ball_and_success_is_recomputable(workdir):

@@ -1,7 +1,7 @@
 """`p2p visualize`, the explanation engine and the viz package.
 
-One tiny teacher is trained with the real CLI for the module; a copy of it plays the second
-model (identical weights: the matched gallery must then pair every prototype with itself).
+The session's tiny teacher (trained with the real CLI) is copied into the module's workdir; a
+second copy plays the second model (identical weights: the matched gallery must then pair every prototype with itself).
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,29 +24,13 @@ from p2p_cli.models.factory import load_model
 from p2p_cli.models.protopnet import log_similarity
 from p2p_cli.viz import figures, html, render
 from p2p_cli.workflows.visualize import default_model_runs
-from tests.conftest import TINY_CONFIG
-from tests.test_cli_train import run_cli
-
-
-class _NoCapture:
-    class _Out:
-        out = ""
-        err = ""
-
-    def readouterr(self):
-        return self._Out()
+from tests.conftest import run_cli, teacher_workdir
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`teacher` (tiny, trained by the real CLI) and `baseline` (a copy of it)."""
-    work = tmp_path_factory.mktemp("viz")
-    (work / "tiny.yaml").write_text(TINY_CONFIG)
-    code, _, err = run_cli(["train-teacher", "--config", str(work / "tiny.yaml"), "--workdir", str(work),
-                            "--name", "teacher", "--device", "cpu", "-q"], _NoCapture())
-    assert code == 0, err
-    shutil.copytree(work / "teacher", work / "baseline")
-    return work
+def workdir(shared_teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`teacher` (the session's tiny teacher, trained by the real CLI) and `baseline` (a copy of it)."""
+    return teacher_workdir(shared_teacher, tmp_path_factory.mktemp("viz"), "teacher", "baseline")
 
 
 def _test_images(work: Path) -> list[Path]:
@@ -224,7 +207,7 @@ def test_visualize_writes_figure_html_and_correct_numbers(workdir, tmp_path, cap
 
 def test_gallery_reuses_the_activation_cache(workdir, tmp_path, capsys, monkeypatch):
     """The gallery's test-set argmins come from (and go to) evaluate's activation cache."""
-    import p2p_cli.workflows.evaluate as ev
+    import p2p_cli.evaluation.collect as ev
 
     image = _test_images(workdir)[0]
     args = ["visualize", "--image", str(image), "--workdir", str(workdir), "--prototypes", "--device", "cpu",

@@ -81,7 +81,7 @@ def user_message(exc: BaseException) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
     """Our own warnings as one line on stderr; everyone else's as Python prints them."""
     if issubclass(category, P2PWarning):
         typer.echo(f"warning: {message}", err=True)
@@ -94,7 +94,7 @@ _python_showwarning = warnings.showwarning
 
 def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    warnings.showwarning = _show_warning
+    warnings.showwarning = show_warning
     try:
         app()
     except P2PError as exc:

@@ -12,6 +12,7 @@ from rich.table import Table
 from p2p_cli.cli.command import P2PCommand, P2PGroup
 from p2p_cli.cli.data_prepare import prepare_cmd
 from p2p_cli.cli.options import Common, only, with_options
+from p2p_cli.io.config import DATASET_KINDS
 
 app = typer.Typer(help="Dataset tools: synthesize the built-in data, check a dataset root.", no_args_is_help=True,
                   cls=P2PGroup)
@@ -38,10 +39,10 @@ def synthesize_cmd(
       p2p data synthesize --out data/synthetic
       p2p data synthesize --out data/hard --preset hard --classes 20
     """
-    from p2p_cli.data.synthetic import synthesize
+    from p2p_cli import api
 
-    path = synthesize(out, preset=preset, num_classes=classes, train_per_class=train_per_class,
-                      test_per_class=test_per_class, image_size=image_size, seed=seed, overwrite=overwrite)
+    path = api.synthesize(out, preset=preset, classes=classes, train_per_class=train_per_class,
+                          test_per_class=test_per_class, image_size=image_size, seed=seed, overwrite=overwrite)
     typer.echo(f"{path}: {classes} classes × ({train_per_class} train + {test_per_class} test) images, "
                f"{image_size} px, preset {preset}")
 
@@ -49,7 +50,7 @@ def synthesize_cmd(
 @app.command("check", cls=P2PCommand)
 @with_options
 def check_cmd(
-    dataset: Annotated[str, typer.Option("--dataset", help="dataset kind", metavar="cub|cars|folder|synthetic")],
+    dataset: Annotated[str, typer.Option("--dataset", help="dataset kind", metavar="|".join(DATASET_KINDS))],
     data_root: Annotated[Path | None, typer.Option("--data-root", help="dataset root")] = None,
     *,
     common: QuietOnly,
@@ -62,9 +63,9 @@ def check_cmd(
       p2p data check --dataset cub --data-root ~/data/CUB_200_2011
       p2p data check --dataset folder --data-root data/flowers
     """
-    from p2p_cli.data.check import check_dataset
+    from p2p_cli import api
 
-    rows = check_dataset(dataset, data_root)
+    rows = api.check_data(dataset, data_root)
     table = Table(title=f"{dataset}: {data_root or '(built-in synthetic)'}", title_justify="left")
     for col in ("check", "status", "detail"):
         table.add_column(col)

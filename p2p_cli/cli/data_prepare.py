@@ -29,9 +29,9 @@ def prepare_cmd(
       p2p data prepare cub ~/data/CUB_200_2011 --out ~/data/cub-cropped --crop
       p2p data prepare cars ~/data/stanford_cars --out ~/data/cars
     """
-    from p2p_cli.data.prepare import prepare_dataset, prepare_summary
+    from p2p_cli import api
+    from p2p_cli.data.prepare import prepare_summary
 
-    rep = common.reporter()
-    with rep.task(f"prepare {kind}", None) as advance:
-        result = prepare_dataset(kind, root, out, crop=crop, overwrite=overwrite, progress=advance)
+    result = api.prepare_data(kind, root, out, crop=crop, overwrite=overwrite, quiet=common.quiet,
+                              verbose=common.verbose)
     typer.echo(prepare_summary(result))

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 import typer
 
 from p2p_cli.cli.options import Common, ConfigFileOpt, OverwriteOpt, ResumeOpt, config_flags, with_options
-from p2p_cli.workflows.commands import TrainOptions, distill_command
 
 
 @with_options
@@ -35,9 +34,10 @@ def distill_cmd(
       p2p distill -c examples/synthetic-fast.yaml -t t --method none --name b
       p2p distill -c examples/synthetic-fast.yaml -t t --method kd --name kd
     """
-    overrides = {**overrides, "seed": common.seed, "teacher": teacher, "backbone": student}
-    opts = TrainOptions(config_file=config, overrides=overrides, name=name, workdir=common.workdir,
-                        device=common.device, overwrite=overwrite, resume=resume)
-    outcome = distill_command(opts, common.reporter())
+    from p2p_cli import api
+
+    outcome = api.distill(config, teacher=teacher, student=student, name=name, workdir=common.workdir,
+                          device=common.device, overwrite=overwrite, resume=resume, quiet=common.quiet,
+                          verbose=common.verbose, **{**overrides, "seed": common.seed})
     if outcome.is_main:
         typer.echo(f"{outcome.path}: test accuracy {outcome.test_acc:.3f} ({outcome.seconds:.0f} s)")

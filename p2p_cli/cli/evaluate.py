@@ -11,7 +11,7 @@ from p2p_cli.cli.command import variadic_command
 from p2p_cli.cli.common import write_json_report
 from p2p_cli.cli.evaluate_table import print_report
 from p2p_cli.cli.options import Common, JsonOpt, ModelsOpt, RunData, with_options
-from p2p_cli.evaluation.options import ALL_METRICS, EvalOptions, parse_taus
+from p2p_cli.evaluation.options import ALL_METRICS
 
 # --model, --metrics and --tau take several values after one flag
 EvaluateCommand = variadic_command("--model", "-m", "--metrics", "--tau")
@@ -60,15 +60,13 @@ def evaluate_cmd(
       p2p evaluate -m baseline s -t t --metrics acc ajs pms --tau 0.1 1 inf
       p2p evaluate --model s --metrics all --json eval.json
     """
-    from p2p_cli.workflows.evaluate import evaluate_models
+    from p2p_cli import api
 
-    h_tau = parse_taus([headline_tau])[0] if headline_tau else None
-    opts = EvalOptions(metrics=tuple(metrics or ()) or EvalOptions().metrics, taus=parse_taus(tau), split=split,
-                       fidelity=fidelity, dataset=data.dataset, data_root=data.data_root, batch_size=data.batch_size,
-                       workers=data.workers, precision=data.precision, device=common.device, use_cache=cache,
-                       noise_seed=noise_seed, headline_tau=h_tau, chance=chance, chance_seed=common.seed or 0,
-                       save_activations=save_activations)
-    report = evaluate_models(model or [], workdir=common.workdir, teacher=teacher, baseline=baseline, options=opts,
-                             reporter=common.reporter())
+    report = api.evaluate(model or [], teacher=teacher, baseline=baseline, metrics=metrics, taus=tau, split=split,
+                          fidelity=fidelity, dataset=data.dataset, data_root=data.data_root,
+                          batch_size=data.batch_size, workers=data.workers, precision=data.precision,
+                          save_activations=save_activations, headline_tau=headline_tau or None,
+                          noise_seed=noise_seed, chance=chance, cache=cache, seed=common.seed,
+                          workdir=common.workdir, device=common.device, quiet=common.quiet, verbose=common.verbose)
     write_json_report(json_path, report, common.quiet)
     print_report(report)

@@ -29,10 +29,10 @@ def export_cmd(
       p2p export teacher --format onnx
       p2p export runs/student --format torchscript --out student.pt
     """
-    from p2p_cli.workflows.export import ExportRequest, export_run
+    from p2p_cli import api
 
-    result = export_run(ExportRequest(model=model, format=fmt, workdir=common.workdir, out=out, check=check),
-                        common.reporter())
+    result = api.export(model, format=fmt, out=out, check=check, workdir=common.workdir, quiet=common.quiet,
+                        verbose=common.verbose)
     s = result.image_size
     typer.echo(f"wrote {result.path} ({result.format}): images (B, 3, {s}, {s}) normalised with the ImageNet "
                f"mean/std → logits (B, {result.num_classes}), min_distances (B, {result.num_prototypes})")

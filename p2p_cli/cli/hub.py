@@ -37,10 +37,10 @@ def push_cmd(
       p2p hub push teacher me/cub-protopnet-resnet50 --dry-run
       p2p hub push runs/student me/cub-p2p-resnet18 --private
     """
-    from p2p_cli.io.hub import push_run
+    from p2p_cli import api
 
-    result = push_run(run, repo_id, workdir=common.workdir, private=private, dry_run=dry_run, commit_message=message,
-                      base_model=base_model)
+    result = api.hub_push(run, repo_id, private=private, dry_run=dry_run, message=message, base_model=base_model,
+                          workdir=common.workdir)
     if dry_run:
         for name in result.files:
             typer.echo(name)
@@ -64,6 +64,6 @@ def pull_cmd(
       p2p hub pull hf-hub:me/cub-protopnet-resnet50
       p2p hub pull hf-hub:me/cub-protopnet-resnet50@v1
     """
-    from p2p_cli.io.hub import resolve_hub_ref
+    from p2p_cli import api
 
-    typer.echo(str(resolve_hub_ref(ref if ref.startswith("hf-hub:") else f"hf-hub:{ref}")))
+    typer.echo(str(api.hub_pull(ref)))

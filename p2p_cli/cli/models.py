@@ -9,7 +9,6 @@ from rich.console import Console
 from rich.table import Table
 
 from p2p_cli.cli.options import Common, only, with_options
-from p2p_cli.workflows.commands import models_command
 
 
 @with_options
@@ -25,7 +24,9 @@ def models_cmd(
       p2p models
       p2p models --workdir runs --timm 'efficientnet*'
     """
-    listing = models_command(common.workdir, timm_filter)
+    from p2p_cli import api
+
+    listing = api.list_models(workdir=common.workdir, timm=timm_filter)
     console = Console()
     table = Table(title="backbones", title_justify="left")
     for col in ("name", "timm model", "family", "D", "add-on", "stride"):

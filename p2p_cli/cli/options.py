@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 import typer
 
-from p2p_cli.io.config import KEYS, TrainConfig
+from p2p_cli.io.config import DATASET_KINDS, KEYS, TrainConfig
 from p2p_cli.runtime.reporter import Reporter
 
 # -- single options used by several commands ------------------------------------------------------
@@ -73,7 +73,7 @@ class RunData:
     """What a command that reads a trained run may change about the data the run records."""
 
     dataset: Annotated[str | None, typer.Option(
-        "--dataset", help="dataset kind instead of the run's", metavar="[synthetic|cub|cars|folder]",
+        "--dataset", help="dataset kind instead of the run's", metavar="[" + "|".join(DATASET_KINDS) + "]",
         rich_help_panel="Data")] = None
     data_root: Annotated[str | None, typer.Option(
         "--data-root", help="dataset root instead of the run's (e.g. the dataset moved since training)",

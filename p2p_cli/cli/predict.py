@@ -36,19 +36,17 @@ def predict_cmd(
       p2p predict --model teacher a.jpg b.jpg --top-k 3 --json -
       p2p predict --model hf-hub:org/cub-protopnet photos/ --csv predictions.csv
     """
+    from p2p_cli import api
     from p2p_cli.io.atomic import atomic_write_text
-    from p2p_cli.runtime.device import make_runtime
-    from p2p_cli.workflows.predict import PredictRequest, csv_text, json_text, predict
+    from p2p_cli.workflows.predict import csv_text, json_text
 
     if json_path == "-" and csv_path == "-":
         raise P2PError("--json - and --csv - both want stdout; write one of them to a file")
     quiet = common.quiet
-    rep = common.reporter()
-    rt = make_runtime(common.device, data.precision or "auto", False)
-    req = PredictRequest(model=model, inputs=list(images), workdir=common.workdir, top_k=top_k,
-                         batch_size=data.batch_size or 32,
-                         on_skip=lambda s: typer.echo(f"skipped: {s.reason}", err=True))
-    result = predict(req, rt, rep)
+    result = api.predict(images, model=model, top_k=top_k, batch_size=data.batch_size or 32,
+                         precision=data.precision or "auto",
+                         on_skip=lambda s: typer.echo(f"skipped: {s.reason}", err=True), workdir=common.workdir,
+                         device=common.device, quiet=quiet, verbose=common.verbose)
     if not result.predictions:
         raise P2PError(f"none of the {len(result.skipped)} images could be read")
     for path, text in ((json_path, json_text(result) if json_path else ""),

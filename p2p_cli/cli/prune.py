@@ -8,7 +8,6 @@ import typer
 
 from p2p_cli.cli.options import Common, JsonOpt, OverwriteOpt, RunData, only, with_options
 from p2p_cli.io.atomic import atomic_write_json
-from p2p_cli.workflows.commands import PruneRequest, prune_command
 
 
 @with_options
@@ -47,14 +46,14 @@ def prune_cmd(
       p2p prune --model s --target 50 --step 5 --fine-tune-epochs 30 --name s-50
       p2p prune --model s --method knn --knn-min 3
     """
-    from p2p_cli.workflows.prune import PruneOptions
+    from p2p_cli import api
 
-    opts = PruneOptions(method=method, target=target, step=step, fine_tune_epochs=fine_tune_epochs,
-                        feature_epochs=feature_epochs, knn_k=knn_k, knn_min=knn_min)
-    req = PruneRequest(model=model, options=opts, name=name, overwrite=overwrite, data_root=data.data_root,
-                       workdir=common.workdir, device=common.device, seed=common.seed)
+    outcome = api.prune(model, target=target, step=step, method=method, fine_tune_epochs=fine_tune_epochs,
+                        feature_epochs=feature_epochs, knn_k=knn_k, knn_min=knn_min, name=name, overwrite=overwrite,
+                        data_root=data.data_root, workdir=common.workdir, device=common.device, seed=common.seed,
+                        quiet=common.quiet, verbose=common.verbose)
+    summary = outcome.summary
     rep = common.reporter()
-    run, summary = prune_command(req, rep)
     shown = ["round", "stage", "prototypes", "merged", "removed", "threshold", "ce", "train_acc", "test_acc",
              "seconds"]
     rounds = summary["rounds"]
@@ -66,6 +65,6 @@ def prune_cmd(
                            "after": summary["test_acc_after"]}], ["", "before", "after"])
     if json_path is not None:
         atomic_write_json(json_path, summary)
-    typer.echo(f"{run.path}: {summary['prototypes_before']} → {summary['prototypes_after']} prototypes, "
+    typer.echo(f"{outcome.path}: {summary['prototypes_before']} → {summary['prototypes_after']} prototypes, "
                f"test accuracy {summary['test_acc_before']:.3f} → {summary['test_acc_after']:.3f} "
                f"({summary['seconds']:.0f} s)")

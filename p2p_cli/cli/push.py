@@ -42,13 +42,13 @@ def push_cmd(
       p2p push-prototypes --model s --name s-pushed
       p2p push-prototypes -m teacher --data-root /moved/CUB --json push.json
     """
-    from p2p_cli.workflows.push import PushRequest, push_run
+    from p2p_cli import api
 
+    summary = api.push(model, workdir=common.workdir, dataset=data.dataset, data_root=data.data_root,
+                       save_images=save_images, name=name, overwrite=overwrite, batch_size=data.batch_size,
+                       workers=data.workers, device=common.device, precision=data.precision, quiet=common.quiet,
+                       verbose=common.verbose)
     rep = common.reporter()
-    req = PushRequest(model=model, workdir=common.workdir, dataset=data.dataset, data_root=data.data_root,
-                      save_images=save_images, name=name, overwrite=overwrite, batch_size=data.batch_size,
-                      workers=data.workers, device=common.device, precision=data.precision)
-    summary = push_run(req, rep)
     rows = [{k: summary.get(k) for k in ("prototypes", "moved", "unpushed", "max_distance_before",
                                          "distinct_source_images", "test_acc", "push_seconds", "seconds")}]
     rep.table("push", rows, list(rows[0]))

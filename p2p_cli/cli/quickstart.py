@@ -34,11 +34,10 @@ def quickstart_cmd(
       p2p quickstart --workdir runs --seeds 3
       p2p quickstart --workdir runs --ablations
     """
-    from p2p_cli.workflows.quickstart import QuickstartOptions, quickstart_command
+    from p2p_cli import api
 
-    opts = QuickstartOptions(workdir=common.workdir, preset=preset, seeds=seeds, ablations=ablations,
-                             device=common.device)
-    result = quickstart_command(opts, common.reporter())
+    result = api.quickstart(workdir=common.workdir, preset=preset, seeds=seeds, ablations=ablations,
+                            device=common.device, quiet=common.quiet, verbose=common.verbose)
     if result.is_main:
         report = result.report
         if not common.quiet:

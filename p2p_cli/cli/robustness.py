@@ -60,20 +60,12 @@ def robustness_cmd(
       p2p robustness --teacher teacher --model p2p --images 50
       p2p robustness --model teacher p2p --attack jpeg --json jpeg.json
     """
-    from p2p_cli.attacks.head_on_stomach import AttackSettings
-    from p2p_cli.attacks.jpeg import JpegSettings
-    from p2p_cli.attacks.pixels import parse_budget
-    from p2p_cli.workflows.robustness import RobustnessOptions, run_robustness
+    from p2p_cli import api
 
-    s = common.seed or 0
-    stomach = AttackSettings(eps=parse_budget(eps, "eps"), step=parse_budget(step, "step"), iters=iters,
-                             top_k=top_k, images=images if images is not None else 200, region=region,
-                             adv_iters=adv_iters, batch_size=batch_size, seed=s, figures=max(0, figures))
-    jpeg = JpegSettings(quality=quality, top_k=top_k, images=images, batch_size=batch_size, seed=s)
-    if out is None and not (attack == "head-on-stomach" and figures <= 0):
-        out = common.workdir / "robustness" / attack
-    opts = RobustnessOptions(attack=attack, stomach=stomach, jpeg=jpeg, teacher=teacher, dataset=data.dataset,
-                             data_root=data.data_root, precision=data.precision, device=common.device, out=out)
-    report = run_robustness(model or [], workdir=common.workdir, options=opts, reporter=common.reporter())
+    report = api.attack(model or [], attack=attack, eps=eps, step=step, iters=iters, top_k=top_k, images=images,
+                        region=region, adv_iters=adv_iters, quality=quality, teacher=teacher, figures=figures, out=out,
+                        batch_size=batch_size, dataset=data.dataset, data_root=data.data_root,
+                        precision=data.precision, seed=common.seed, workdir=common.workdir, device=common.device,
+                        quiet=common.quiet, verbose=common.verbose)
     write_json_report(json_path, report, common.quiet)
     print_report(report)

@@ -15,7 +15,6 @@ from p2p_cli.cli.options import (
     config_flags,
     with_options,
 )
-from p2p_cli.workflows.commands import TrainOptions, train_teacher_command
 
 
 @with_options
@@ -38,8 +37,10 @@ def train_teacher_cmd(
       p2p train-teacher -c examples/synthetic-fast.yaml --name t --resume
       p2p train-teacher --dataset cub --data-root ~/CUB_200_2011 --pretrained
     """
-    opts = TrainOptions(config_file=config, overrides={**overrides, "seed": common.seed}, name=name,
-                        workdir=common.workdir, device=common.device, overwrite=overwrite, resume=resume)
-    outcome = train_teacher_command(opts, common.reporter())
+    from p2p_cli import api
+
+    outcome = api.train_teacher(config, name=name, workdir=common.workdir, device=common.device, overwrite=overwrite,
+                                resume=resume, quiet=common.quiet, verbose=common.verbose,
+                                **{**overrides, "seed": common.seed})
     if outcome.is_main:
         typer.echo(f"{outcome.path}: test accuracy {outcome.test_acc:.3f} ({outcome.seconds:.0f} s)")

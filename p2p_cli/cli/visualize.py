@@ -9,7 +9,6 @@ import typer
 
 from p2p_cli.cli.command import variadic_command
 from p2p_cli.cli.options import Common, ModelsOpt, with_options
-from p2p_cli.workflows.commands import visualize_command
 
 VisualizeCommand = variadic_command("--model", "-m")  # --model a b c
 
@@ -48,13 +47,13 @@ def visualize_cmd(
       p2p visualize --image bird.jpg --model teacher proto2proto --top-k 3
       p2p visualize --image bird.jpg --prototypes --out figs/
     """
-    from p2p_cli.workflows.visualize import VisualizeRequest
+    from p2p_cli import api
 
+    result = api.explain(image, models=model or [], top_k=top_k, out=out, class_name=class_name,
+                         prototypes=prototypes, gallery_rows=gallery_rows, show_parts=show_parts, precision=precision,
+                         json_path=json_path, workdir=common.workdir, device=common.device, quiet=common.quiet,
+                         verbose=common.verbose)
     rep = common.reporter()
-    req = VisualizeRequest(image=image, models=list(model or []), workdir=common.workdir, out=out, top_k=top_k,
-                           class_name=class_name, prototypes=prototypes, show_parts=show_parts,
-                           gallery_rows=gallery_rows, json_path=json_path)
-    result = visualize_command(req, rep, device=common.device, precision=precision)
     for line in result.lines:
         rep.info(line)
     for kind, path in result.files.items():

@@ -14,8 +14,7 @@ stream through in batches, and only ``(B, m, H, W)`` distances exist at a time.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +25,7 @@ from p2p_cli.evaluation.images import Batch
 from p2p_cli.metrics import argmax_pixel
 from p2p_cli.models.protopnet import ProtoPNet, log_similarity
 from p2p_cli.runtime.device import Runtime
+from p2p_cli.runtime.threads import one_thread
 
 __all__ = [
     "NOISE_CLIP",
@@ -142,23 +142,6 @@ def _own_class_argmax(model: ProtoPNet, distances: torch.Tensor, labels: torch.T
     return [j_idx.cpu().numpy().astype(np.int32), indices[b_idx.cpu()].numpy().astype(np.int32), xy]
 
 
-@contextlib.contextmanager
-def _one_thread(rt: Runtime) -> Iterator[None]:
-    """Run the data side of the loop (decode, per-image tensor ops, collate) single-threaded on
-    the CPU: each of those small ops would otherwise open an OpenMP parallel region, and on a
-    busy machine every region waits for descheduled threads (measured: 15 ms instead of 0.02 ms
-    for one image's ``permute().contiguous()``)."""
-    if rt.device.type != "cpu" or torch.get_num_threads() == 1:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @torch.inference_mode()
 def compute_activations(jobs: Sequence[PassJob], batches: Iterable[Batch], rt: Runtime, *, n_images: int,
                         image_size: int, noise_seed: int = 0, progress: Callable[[int], None] | None = None) -> None:
@@ -186,7 +169,7 @@ def compute_activations(jobs: Sequence[PassJob], batches: Iterable[Batch], rt: R
     layout = torch.channels_last if rt.channels_last else torch.contiguous_format
     batches = iter(batches)
     while True:
-        with _one_thread(rt):
+        with one_thread(rt.device):  # the data side (decode, per-image ops, collate): small CPU ops
             batch = next(batches, None)
             if batch is None:
                 break

@@ -21,6 +21,11 @@ import yaml
 from p2p_cli.errors import P2PError, did_you_mean
 
 SCHEMA_VERSION = 1
+DATASET_KINDS: tuple[str, ...] = ("synthetic", "cub", "cars", "folder")
+"""The dataset kinds, in the order help lists them (the default first). Each has a reader in
+:data:`p2p_cli.data.readers.READERS` (``data.readers.KINDS`` is this tuple): the kinds are named
+here, at the bottom of the import graph, so that the config schema and the CLI's help can use
+them without importing the readers."""
 
 
 def _key(default: Any, help: str, *, minimum: float | None = None, choices: tuple[str, ...] = ()) -> Any:
@@ -32,7 +37,7 @@ class TrainConfig:
     """Every setting of train-teacher and distill. Defaults follow the Proto2Proto Cars config."""
 
     # -- data ------------------------------------------------------------------------------
-    dataset: str = _key("synthetic", "dataset kind", choices=("synthetic", "cub", "cars", "folder"))
+    dataset: str = _key("synthetic", "dataset kind", choices=DATASET_KINDS)
     data_root: str | None = _key(None, "dataset root (synthetic: generated into the cache when unset)")
     image_size: int = _key(224, "input side in pixels", minimum=16)
     crop_bbox: bool = _key(False, "crop CUB/Cars/synthetic images to their bounding boxes")

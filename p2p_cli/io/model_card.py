@@ -35,6 +35,21 @@ FIGURE = "figures/explanation.png"
 MARKER = "<!-- p2p model card: `p2p hub push` regenerates this file while this line is here -->"
 """A card that still holds this line was written by p2p and may be regenerated; remove it to keep edits."""
 
+
+
+@dataclass(frozen=True)
+class ArchCard:
+    """How a card describes an architecture: its name, its paper (a key of :data:`CITATIONS`) and the
+    extra rows of the Model section as ``(label, model_config key)``."""
+
+    title: str
+    paper: str
+    rows: tuple[tuple[str, str], ...] = ()
+
+
+ARCHITECTURES = {"protopnet": ArchCard("ProtoPNet", "protopnet"),
+                 "prototree": ArchCard("ProtoTree", "prototree", (("tree depth", "depth"),))}
+"""Per ``arch`` (the model registry's key); an unknown arch is described as a ProtoPNet."""
 DATASET_IDS = {"synthetic": "p2p-synthetic", "cub": "CUB-200-2011", "cars": "stanford-cars"}
 TRAINING_KEYS = ("dataset", "image_size", "crop_bbox", "augment", "repeats", "backbone", "pretrained",
                  "prototypes_per_class", "prototype_depth", "epochs", "warm_epochs", "push_start", "push_every",
@@ -74,6 +89,10 @@ class CardInputs:
         return str(self.meta.get("arch") or self.config.get("arch") or "protopnet")
 
     @property
+    def arch_card(self) -> ArchCard:
+        return ARCHITECTURES.get(self.arch, ARCHITECTURES["protopnet"])
+
+    @property
     def teacher(self) -> dict[str, Any] | None:
         rec = self.config.get("teacher_run") or self.meta.get("teacher")
         return rec if isinstance(rec, dict) else None
@@ -93,7 +112,7 @@ class CardInputs:
 
 def papers(inputs: CardInputs) -> list[str]:
     """Keys of :data:`CITATIONS` that the run's methods come from, in citation order."""
-    out = ["prototree" if inputs.arch == "prototree" else "protopnet"]
+    out = [inputs.arch_card.paper]
     if inputs.method == "proto2proto":
         out.append("proto2proto")
     if inputs.pruning and inputs.pruning.get("method") == "protopshare":
@@ -169,14 +188,13 @@ def _model_section(inputs: CardInputs) -> list[str]:
     classes = inputs.meta.get("class_names") or []
     m = inputs.meta.get("num_prototypes")
     size = inputs.config.get("image_size")
-    rows = [("architecture", PAPERS["prototree" if inputs.arch == "prototree" else "protopnet"]),
+    rows = [("architecture", PAPERS[inputs.arch_card.paper]),
             ("backbone", mc.get("backbone")), ("prototypes", m),
             ("prototype shape", f"{mc.get('prototype_depth')}×1×1" if mc.get("prototype_depth") else None),
             ("classes", len(classes) or mc.get("num_classes")), ("input", f"{size}×{size} RGB, ImageNet mean/std"
                                                                   if size else None),
             ("add-on", mc.get("add_on")), ("feature stride", mc.get("feature_stride"))]
-    if inputs.arch == "prototree":
-        rows.append(("tree depth", mc.get("depth")))
+    rows += [(label, mc.get(key)) for label, key in inputs.arch_card.rows]
     lines = ["## Model", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in rows if v not in (None, "")]
     lines += ["", "Every prediction is explained by its prototypes: learned parts, each projected onto a patch of a "
@@ -274,7 +292,7 @@ def _usage_section(inputs: CardInputs) -> list[str]:
 def render_model_card(inputs: CardInputs) -> str:
     """The card's text: front matter, then the sections (see the module docstring)."""
     head = yaml.safe_dump(front_matter(inputs), sort_keys=False, allow_unicode=True)
-    kind = "ProtoTree" if inputs.arch == "prototree" else "ProtoPNet"
+    kind = inputs.arch_card.title
     backbone = (inputs.meta.get("model_config") or {}).get("backbone", "?")
     what = f"A {kind} with a {backbone} backbone"
     if inputs.method == "proto2proto" and inputs.teacher:

@@ -76,7 +76,7 @@ def build_from_metadata(meta: dict[str, Any], tensors: dict[str, torch.Tensor] |
     return cls(config, **cls.structure_from(tensors))
 
 
-class _NoMetaInit(TorchFunctionMode):
+class NoMetaInit(TorchFunctionMode):
     """Skip the in-place initialisers (``normal_``, ``uniform_``, ``fill_``, ``zero_``) on meta
     tensors: they have no values to set, yet on the meta device ``normal_`` runs through Python
     reference decompositions (~1 ms per conv; half the time of building a ResNet-34 skeleton)."""
@@ -93,7 +93,7 @@ def _skeleton(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ProtoPN
     """The architecture built on the ``meta`` device (no memory, no weight init — seconds saved
     for VGG), or None if this architecture cannot be built there."""
     try:
-        with torch.device("meta"), _NoMetaInit():
+        with torch.device("meta"), NoMetaInit():
             return build_from_metadata(meta, tensors)
     except P2PError:
         raise

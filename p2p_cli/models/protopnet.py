@@ -149,7 +149,7 @@ class PrototypeNetwork(nn.Module):
     The protocol training, distillation and the metrics rely on (ProtoPNet and ProtoTree both
     implement it): ``arch`` (the registry key, see ``models/factory.py``), ``config`` (rebuilds the
     architecture), ``class_identity`` (m, K) 0/1, :meth:`head`, :meth:`logits_from_min_distances`,
-    :meth:`parameter_groups` and :meth:`align_to`.
+    :meth:`similarity`, :meth:`parameter_groups` and :meth:`align_to`.
     """
 
     arch: ClassVar[str]
@@ -184,6 +184,11 @@ class PrototypeNetwork(nn.Module):
     def logits_from_min_distances(self, min_distances: torch.Tensor) -> torch.Tensor:
         """The decision alone: min distances (B, m) → logits (B, K)."""
         raise NotImplementedError
+
+    def similarity(self, min_distances: torch.Tensor) -> torch.Tensor:
+        """Prototype similarity of distances, any shape: ProtoPNet's ``log((d + 1)/(d + 1e-4))``
+        (Chen et al., NeurIPS 2019, §2.1); a ProtoTree overrides it."""
+        return log_similarity(min_distances)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Named parameter groups (``backbone``, ``add_on``, ``prototypes`` and the head's:

@@ -220,6 +220,10 @@ class ProtoTree(PrototypeNetwork):
             return torch.logsumexp(log_pi[:, :, None] + torch.log(dist + _EPS)[None], dim=1)
         return torch.log(self.path_probabilities(min_distances) @ dist + _EPS)
 
+    def similarity(self, min_distances: torch.Tensor) -> torch.Tensor:
+        """``exp(−d)``, any shape: the probability of routing right at the prototype's node (Nauta et al. 2021)."""
+        return torch.exp(-min_distances)
+
     def greedy_leaves(self, min_distances: torch.Tensor) -> torch.Tensor:
         """(B,) the leaf reached by following, at every node, the more probable side (p > 0.5)."""
         go_right = (torch.exp(-min_distances.float()) > 0.5).float()  # (B, m)

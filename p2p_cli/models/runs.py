@@ -12,7 +12,7 @@ import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -22,6 +22,11 @@ from p2p_cli.io.config import TrainConfig, config_from_dict
 from p2p_cli.io.rundir import RunDir, resolve_ref
 from p2p_cli.models.factory import load_model
 from p2p_cli.models.protopnet import PrototypeNetwork
+
+if TYPE_CHECKING:
+    from p2p_cli.data.index import DatasetIndex
+
+RUN_DATASET_HINT = "pass the run's dataset with --dataset/--data-root"
 
 
 @dataclass
@@ -97,6 +102,19 @@ class LoadedRun:
             return None
         rec = self.prototypes[j]
         return rec if rec.get("prototype", j) == j else None
+
+    def check_classes(self, index: DatasetIndex, hint: str = RUN_DATASET_HINT) -> None:
+        """A one-line :class:`~p2p_cli.errors.P2PError` (ending in ``hint``) unless the run was trained
+        on ``index``'s classes: the same names in the same order (or, without recorded names, as many)."""
+        names, n = self.classes, self.model.config.num_classes
+        if (names or index.classes) == index.classes and n == index.num_classes:
+            return
+
+        def shown(classes: list[str]) -> str:
+            return f" ({', '.join(classes[:3])}{', …' if len(classes) > 3 else ''})" if classes else ""
+
+        raise P2PError(f"'{self.name}' was trained on {n} classes{shown(names)} but {index.name} at {index.root} "
+                       f"has {index.num_classes}{shown(index.classes)}; {hint}")
 
     def to(self, device: torch.device, *, channels_last: bool = False, frozen: bool = True) -> LoadedRun:
         """Move the model to ``device`` in eval mode (backbone channels_last if asked); with

@@ -8,10 +8,9 @@ each round of merges.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,6 +18,7 @@ from torch import nn
 
 from p2p_cli.io.config import TrainConfig
 from p2p_cli.losses.protopnet import l1_off_class
+from p2p_cli.runtime.threads import one_thread
 
 
 def last_layer_terms(model: nn.Module, logits: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig
@@ -41,21 +41,8 @@ def fit_last_layer(model: nn.Module, opt: torch.optim.Optimizer, sims: torch.Ten
     holds all rows, so the steps are identical and need no gradient sync.
     Returns one row per epoch: ``ll_epoch``, loss terms, ``train_acc`` (and ``test_acc``), ``seconds``.
     """
-    with _one_thread(sims.device.type == "cpu"):
+    with one_thread(sims.device):  # a K×m layer: OpenMP synchronisation costs more than the work
         return _fit_last_layer(model, opt, sims, labels, cfg, epochs, generator, test_accuracy)
-
-
-@contextlib.contextmanager
-def _one_thread(enabled: bool) -> Iterator[None]:
-    """Run tiny CPU ops (a K×m last layer) on one thread: with more, OpenMP's synchronisation
-    costs more than the work — 50× slower on a busy 2-core machine (measured), never faster."""
-    threads = torch.get_num_threads()
-    if enabled:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _fit_last_layer(model: nn.Module, opt: torch.optim.Optimizer, sims: torch.Tensor, labels: torch.Tensor,

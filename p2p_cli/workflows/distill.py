@@ -45,12 +45,9 @@ def load_teacher(ref: str | None, workdir: Path, rt: Runtime) -> LoadedRun:
 
 
 def check_compatible(teacher: PrototypeNetwork, student: PrototypeNetwork, cfg: TrainConfig, method: str, head: str,
-                     rt: Runtime, teacher_classes: list[str], classes: list[str]) -> None:
-    """Clear errors before any training: classes, prototype count and depth, feature grid."""
-    if teacher_classes != classes:
-        raise P2PError(f"the teacher was trained on {len(teacher_classes)} classes "
-                       f"({', '.join(teacher_classes[:3])}, …) but the dataset has {len(classes)} "
-                       f"({', '.join(classes[:3])}, …); distill on the teacher's dataset")
+                     rt: Runtime, classes: list[str]) -> None:
+    """Clear errors before any training: prototype count and depth, feature grid (the classes are
+    checked by :meth:`~p2p_cli.models.runs.LoadedRun.check_classes`)."""
     if method != "proto2proto" and head == "init":
         return
     if teacher.num_prototypes != student.num_prototypes:
@@ -96,7 +93,8 @@ def distill(cfg: TrainConfig, *, workdir: Path, name: str, rt: Runtime, reporter
                        f"pass --arch {teacher.arch}")
     if cfg.method != "none":  # a tree student takes the teacher tree's shape (index-aligned prototypes)
         student.align_to(teacher, copy_head=False)
-    check_compatible(teacher, student, cfg, cfg.method, head, rt, loaded.classes, data.classes)
+    loaded.check_classes(data.index, hint="distill on the teacher's dataset")
+    check_compatible(teacher, student, cfg, cfg.method, head, rt, data.classes)
     if head in ("copy", "frozen"):  # ProtoPNet: the last layer; ProtoTree: the leaves
         student.align_to(teacher, copy_head=True)
     head_frozen = head == "frozen"

@@ -3,79 +3,44 @@
 Orchestration only: choose the rows (:mod:`p2p_cli.evaluation.selection`), resolve the
 dataset from the reference run's config with the command-line overrides, read each model's
 arrays from the activation cache or compute them in one streaming pass per input geometry
-(:mod:`p2p_cli.evaluation.activations`, :mod:`p2p_cli.evaluation.cache`), then compute every
+(:mod:`p2p_cli.evaluation.collect`), then compute every
 metric (:mod:`p2p_cli.evaluation.report`): accuracy, AAP(τ) (Proto2Proto Eq. 7), AJS(τ)
 (Eq. 8), PMS (Algorithm 1) and, beyond the paper, consistency and stability (Huang et al.,
 ICCV 2023), explanation size and last-layer sparsity.
 
 The result is a plain, JSON-ready dict (see :func:`evaluate_models`), so ``p2p quickstart``
-and the CLI share this code; :func:`base_activations` gives the gallery of ``p2p visualize``
-the same cached arrays.
+and the CLI share this code.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from p2p_cli.data.images import parts_in_input
-from p2p_cli.data.index import DatasetIndex, Sample
+from p2p_cli.data.index import Sample
 from p2p_cli.data.loaders import load_dataset_index
-from p2p_cli.errors import P2PError
-from p2p_cli.evaluation.activations import (
-    NOISE_CLIP,
-    NOISE_STD,
-    Activations,
-    PartArgmax,
-    PassJob,
-    compute_activations,
-    concat_parts,
-)
-from p2p_cli.evaluation.cache import (
-    ActivationCache,
-    activation_key,
-    activations_from_tensors,
-    activations_metadata,
-    files_fingerprint,
-    key_id,
-    save_activations,
-)
-from p2p_cli.evaluation.images import image_batches
+from p2p_cli.evaluation.cache import ActivationCache, key_id, save_activations
+from p2p_cli.evaluation.collect import CollectedArrays, collect_arrays, split_samples
 from p2p_cli.evaluation.options import (
     EvalOptions,
     tau_key,
 )
 from p2p_cli.evaluation.report import add_deltas, chance_level, headline_tau, metric_report, part_scores
 from p2p_cli.evaluation.selection import select_models
-from p2p_cli.io.checkpoint import weights_hash
 from p2p_cli.io.config import TrainConfig, with_overrides
-from p2p_cli.models.protopnet import ProtoPNet
 from p2p_cli.models.runs import LoadedRun
 from p2p_cli.runtime.device import Runtime, make_runtime
 from p2p_cli.runtime.reporter import Reporter
 
-__all__ = ["base_activations", "evaluate_models"]
+__all__ = ["evaluate_models"]
 
 PAPER_KEYS = ("acc", "aap", "ajs", "pms")
 """The paper's columns, first in every row of the report, in this order."""
-
-
-@dataclass
-class _Arrays:
-    """Every row's arrays, by row name: base, clean and noisy arg-max pixels, cache keys, and
-    whether they were ``cached`` or ``computed``."""
-
-    acts: dict[str, Activations] = field(default_factory=dict)
-    clean: dict[str, PartArgmax] = field(default_factory=dict)
-    noisy: dict[str, PartArgmax] = field(default_factory=dict)
-    keys: dict[str, dict[str, Any]] = field(default_factory=dict)
-    status: dict[str, str] = field(default_factory=dict)
 
 
 def evaluate_models(model_refs: Sequence[str], *, workdir: Path, teacher: str | None = None,
@@ -102,8 +67,9 @@ def evaluate_models(model_refs: Sequence[str], *, workdir: Path, teacher: str | 
     if rt is None:
         rt = make_runtime(opts.device, opts.precision or cfg.precision, cfg.channels_last)
     index = load_dataset_index(cfg)
-    samples = _split_samples(index, opts.split)
-    _check_classes(rows, index)
+    samples = split_samples(index, opts.split)
+    for em in rows:
+        em.check_classes(index)
     asked_parts = [m for m in ("consistency", "stability") if m in opts.metrics]
     want_parts = list(asked_parts)
     has_parts = bool(index.part_names) and any(s.parts for s in samples)
@@ -111,7 +77,10 @@ def evaluate_models(model_refs: Sequence[str], *, workdir: Path, teacher: str | 
         notes.append(f"{index.name} has no part annotations: {' and '.join(want_parts)} not available")
         want_parts = []
     cache = ActivationCache(Path(workdir) / ".cache" / "activations", enabled=opts.use_cache)
-    arrays = _collect_arrays(rows, index, samples, opts, cfg, rt, cache, want_parts, rep)
+    threads = max(1, cfg.workers if opts.workers is None else opts.workers)
+    arrays = collect_arrays(rows, index, samples, opts.split, rt, cache, threads=threads, parts=want_parts,
+                            batch_size=opts.batch_size or cfg.test_batch_size, noise_seed=opts.noise_seed,
+                            reporter=rep)
 
     acts = arrays.acts
     ids = {name: key_id(k) for name, k in arrays.keys.items()}
@@ -159,90 +128,8 @@ def _reference_config(rows: list[LoadedRun], teacher: LoadedRun, opts: EvalOptio
     return with_overrides(cfg, dataset=opts.dataset, data_root=opts.data_root)
 
 
-def _split_samples(index: DatasetIndex, split: str) -> list[Sample]:
-    samples = index.split(split)  # type: ignore[arg-type]
-    if not samples:
-        raise P2PError(f"the {split} split of {index.name} ({index.root}) has no images")
-    return samples
-
-
-def _check_classes(rows: Sequence[LoadedRun], index: DatasetIndex) -> None:
-    """Every model must have been trained on the dataset's classes (same names, same order)."""
-    for em in rows:
-        names = list(em.meta.get("class_names") or [])
-        if names and names != index.classes:
-            raise P2PError(f"'{em.name}' was trained on {len(names)} classes ({', '.join(names[:3])}, …) but "
-                           f"{index.name} at {index.root} has {len(index.classes)} "
-                           f"({', '.join(index.classes[:3])}, …); pass the model's dataset with --dataset/--data-root")
-        if em.model.config.num_classes != index.num_classes:
-            raise P2PError(f"'{em.name}' has {em.model.config.num_classes} classes but the dataset has "
-                           f"{index.num_classes}")
-
-
-def _collect_arrays(rows: Sequence[LoadedRun], index: DatasetIndex, samples: list[Sample], opts: EvalOptions,
-                    cfg: TrainConfig, rt: Runtime, cache: ActivationCache, want_parts: list[str],
-                    rep: Reporter) -> _Arrays:
-    """Each row's arrays from the cache, or from one streaming pass per input geometry (stored
-    back into the cache): base arrays always, clean/noisy arg-max pixels for ``want_parts``."""
-    fingerprint = files_fingerprint(samples)
-    noisy_kind = f"noisy-s{opts.noise_seed}"
-    out = _Arrays()
-    groups: dict[tuple[int, bool], list[tuple[LoadedRun, PassJob]]] = {}
-    for em in rows:
-        key = activation_key(weights=em.weights, index=index, split=opts.split, fingerprint=fingerprint,
-                             image_size=em.image_size, crop_bbox=em.crop_bbox, rt=rt)
-        out.keys[em.name] = key
-        hit = cache.load(key, "base")
-        if hit is not None:
-            out.acts[em.name] = activations_from_tensors(*hit)
-        if want_parts:
-            hit = cache.load(key, "clean")
-            if hit is not None:
-                out.clean[em.name] = PartArgmax.from_tensors(hit[0], "clean")
-        if "stability" in want_parts:
-            hit = cache.load(key, noisy_kind)
-            if hit is not None:
-                out.noisy[em.name] = PartArgmax.from_tensors(hit[0], "noisy")
-        job = PassJob(em.model, len(samples), base=em.name not in out.acts,
-                      clean=bool(want_parts) and em.name not in out.clean,
-                      noisy="stability" in want_parts and em.name not in out.noisy)
-        out.status[em.name] = "cached" if not (job.base or job.clean or job.noisy) else "computed"
-        if job.base or job.clean or job.noisy:
-            job.base = job.base or job.clean  # a clean pass yields the base arrays anyway
-            em.to(rt.device, channels_last=rt.channels_last, frozen=False)
-            groups.setdefault((em.image_size, em.crop_bbox), []).append((em, job))
-
-    batch_size = opts.batch_size or cfg.test_batch_size
-    threads = max(1, cfg.workers if opts.workers is None else opts.workers)
-    for (size, crop), members in groups.items():
-        label = ", ".join(em.name for em, _ in members)
-        passes = sum(1 + int(job.noisy) for _, job in members)
-        with rep.task(f"evaluate {label} ({opts.split}, {size} px{', +noise' if passes > len(members) else ''})",
-                      total=len(samples)) as advance:
-            compute_activations([job for _, job in members],
-                                image_batches(samples, size, crop, batch_size, threads=threads), rt,
-                                n_images=len(samples), image_size=size, noise_seed=opts.noise_seed, progress=advance)
-        for em, job in members:
-            key = out.keys[em.name]
-            if job.base:  # (a noisy-only pass leaves the cached base arrays as they are)
-                out.acts[em.name] = Activations(job.argmin, job.min_dist, job.labels, job.logits,  # type: ignore[arg-type]
-                                                job.grid, size)
-            meta = activations_metadata(out.acts[em.name], name=em.name, weights=em.weights, index=index,
-                                        split=opts.split, class_names=index.classes)
-            if job.base:
-                cache.save(key, "base", out.acts[em.name].tensors(), meta)
-            if job.clean:
-                out.clean[em.name] = concat_parts(job.parts["clean"])
-                cache.save(key, "clean", out.clean[em.name].tensors("clean"), meta)
-            if job.noisy:
-                out.noisy[em.name] = concat_parts(job.parts["noisy"])
-                cache.save(key, noisy_kind, out.noisy[em.name].tensors("noisy"),
-                           {**meta, "noise": {"std": NOISE_STD, "clip": NOISE_CLIP, "seed": opts.noise_seed}})
-    return out
-
-
-def _add_part_scores(report: dict[str, Any], rows: Sequence[LoadedRun], samples: list[Sample], arrays: _Arrays,
-                     want_parts: list[str]) -> None:
+def _add_part_scores(report: dict[str, Any], rows: Sequence[LoadedRun], samples: list[Sample],
+                     arrays: CollectedArrays, want_parts: list[str]) -> None:
     """Consistency and stability of every row, from the part annotations in input pixels."""
     part_cache: dict[tuple[int, bool], np.ndarray] = {}
     for em in rows:
@@ -262,44 +149,3 @@ def _finish_row(row: dict[str, Any], em: LoadedRun, status: str, asked_parts: li
     row.update({"role": em.role, "method": em.method, "backbone": em.model.config.backbone,
                 "path": str(em.run.path), "weights_hash": em.weights, "activations": status})
     return {k: row[k] for k in PAPER_KEYS if k in row} | {k: v for k, v in row.items() if k not in PAPER_KEYS}
-
-
-def base_activations(models: Sequence[tuple[str, ProtoPNet, int, bool]], index: DatasetIndex, split: str,
-                     workdir: Path,
-                     rt: Runtime, *, batch_size: int, threads: int = 1, use_cache: bool = True,
-                     reporter: Reporter | None = None) -> list[Activations]:
-    """Each model's base arrays (argmin, min distance, logits, labels) on ``split``, in order.
-
-    ``models`` are ``(name, model, image_size, crop_bbox)``. Arrays that ``p2p evaluate`` (or an
-    earlier call) stored in ``<workdir>/.cache/activations/`` are read back; the others come
-    from one streaming pass per input geometry and are stored for the next caller.
-    """
-    samples = _split_samples(index, split)
-    fingerprint = files_fingerprint(samples)
-    cache = ActivationCache(Path(workdir) / ".cache" / "activations", enabled=use_cache)
-    out: list[Activations | None] = []
-    todo: dict[tuple[int, bool], list[tuple[int, PassJob, dict[str, Any], str]]] = {}
-    for i, (_, model, size, crop) in enumerate(models):
-        weights = weights_hash(model.state_dict())
-        key = activation_key(weights=weights, index=index, split=split, fingerprint=fingerprint,
-                             image_size=size, crop_bbox=crop, rt=rt)
-        hit = cache.load(key, "base")
-        out.append(activations_from_tensors(*hit) if hit is not None else None)
-        if hit is None:
-            model.to(rt.device).eval()
-            if rt.channels_last:
-                model.backbone.to(memory_format=torch.channels_last)
-            todo.setdefault((size, crop), []).append((i, PassJob(model, len(samples), True, False, False), key,
-                                                      weights))
-    rep = reporter or Reporter(enabled=False)
-    for (size, crop), members in todo.items():
-        with rep.task(f"{split}-set activations ({size} px)", total=len(samples)) as advance:
-            compute_activations([job for _, job, _, _ in members], image_batches(samples, size, crop, batch_size,
-                                                                               threads=threads),
-                                rt, n_images=len(samples), image_size=size, progress=advance)
-        for i, job, key, weights in members:
-            act = Activations(job.argmin, job.min_dist, job.labels, job.logits, job.grid, size)  # type: ignore[arg-type]
-            cache.save(key, "base", act.tensors(), activations_metadata(
-                act, name=models[i][0], weights=weights, index=index, split=split, class_names=index.classes))
-            out[i] = act
-    return [a for a in out if a is not None]

@@ -23,7 +23,7 @@ from p2p_cli.runtime.reporter import Reporter
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExportRequest:
     model: str
     format: str

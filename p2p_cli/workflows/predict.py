@@ -27,13 +27,12 @@ from p2p_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from p2p_cli.errors import P2PError
 from p2p_cli.explain.images import model_input, read_image
 from p2p_cli.models.maps import patch_box
-from p2p_cli.models.protopnet import log_similarity
 from p2p_cli.models.runs import LoadedRun, load_run
 from p2p_cli.runtime.device import Runtime
 from p2p_cli.runtime.reporter import Reporter
 
 
-@dataclass
+@dataclass(frozen=True)
 class PredictRequest:
     model: str
     inputs: list[Path]
@@ -106,12 +105,6 @@ def _batches(items: list[Path], size: int) -> Iterator[list[Path]]:
         yield items[start:start + size]
 
 
-def similarity(min_distances: torch.Tensor, arch: str) -> torch.Tensor:
-    """Prototype similarity from distances: ProtoPNet's ``log((d + 1)/(d + 1e-4))`` (Chen et al. 2019);
-    ProtoTree's ``exp(−d)``, the probability of routing right (Nauta et al. 2021)."""
-    return torch.exp(-min_distances) if arch == "prototree" else log_similarity(min_distances)
-
-
 def prototype_classes(loaded: LoadedRun) -> list[list[str]]:
     """Per prototype the classes its class identity (m, K) names: a ProtoPNet's own class(es); for a
     ProtoTree the arg-max classes of the leaves below the prototype's node."""
@@ -129,7 +122,7 @@ def _rows(loaded: LoadedRun, paths: list[Path], sizes: list[tuple[int, int]], ou
     dists = out.distances.float().cpu()  # (B, m, H, W)
     gh, gw = dists.shape[-2:]
     min_d, where = dists.flatten(2).min(dim=2)  # (B, m)
-    sims = similarity(min_d, loaded.arch)
+    sims = loaded.model.similarity(min_d)  # ProtoPNet log((d+1)/(d+ε)); ProtoTree exp(−d)
     k = min(top_k, min_d.shape[1])
     s = loaded.image_size
     classes = loaded.classes or [str(c) for c in range(logits.shape[1])]

@@ -62,9 +62,7 @@ def prune(ref: str, *, workdir: Path, name: str | None, opts: PruneOptions, rt: 
     set_deterministic(cfg.deterministic)
     seed_everything(cfg.seed)
     data = build_datasets(cfg)
-    if list(meta.get("class_names", data.classes)) != data.classes:
-        raise P2PError(f"the dataset's classes differ from the model's ({len(data.classes)} vs "
-                       f"{len(meta['class_names'])}); pass the model's dataset with --data-root")
+    loaded.check_classes(data.index, hint="pass the run's dataset with --data-root")
     loaded.to(rt.device, channels_last=rt.channels_last, frozen=False)
     reporter.info(f"[bold]prune[/] {source.name} → {name}: {opts.method}, {model.num_prototypes} prototypes"
                   + (f" → {opts.target}" if opts.target else "") + f", device {rt.device}")

@@ -50,13 +50,15 @@ MOVED_TOL = 1e-8
 IMAGE_LONG_SIDE = 224  # saved overlays: at least this many pixels on the longer side
 
 
-@dataclass
+@dataclass(frozen=True)
 class PushRequest:
+    """What ``p2p push-prototypes`` was asked (``None``: the run's own value)."""
+
     model: str
     workdir: Path
+    save_images: bool = True
     dataset: str | None = None
     data_root: str | None = None
-    save_images: bool = True
     name: str | None = None
     overwrite: bool = False
     batch_size: int | None = None
@@ -95,10 +97,7 @@ def push_run(req: PushRequest, reporter: Reporter) -> dict[str, Any]:
                          test_batch_size=req.batch_size, workers=req.workers)
     rt = make_runtime(req.device, req.precision or cfg.precision, cfg.channels_last)
     index = load_dataset_index(cfg)
-    classes = loaded.classes
-    if classes and classes != index.classes:
-        raise P2PError(f"the model was trained on {len(classes)} classes ({', '.join(classes[:3])}, …) but the "
-                       f"dataset has {len(index.classes)} ({', '.join(index.classes[:3])}, …)")
+    loaded.check_classes(index)
     loaded.to(rt.device, channels_last=rt.channels_last, frozen=False)
     push_ds = ImageDataset(index.train, eval_transform(cfg.image_size), image_size=cfg.image_size,
                            crop_bbox=cfg.crop_bbox)

@@ -25,9 +25,8 @@ from p2p_cli.io.atomic import atomic_write_json
 from p2p_cli.io.checkpoint import read_metadata
 from p2p_cli.io.config import TrainConfig, build_config, config_from_dict
 from p2p_cli.io.rundir import RunDir
-from p2p_cli.runtime.device import Runtime, make_runtime
+from p2p_cli.runtime.device import Runtime
 from p2p_cli.runtime.reporter import Reporter
-from p2p_cli.workflows.commands import for_rank
 from p2p_cli.workflows.distill import distill
 from p2p_cli.workflows.evaluate import evaluate_models
 from p2p_cli.workflows.presets import ABLATIONS, get_preset
@@ -187,13 +186,3 @@ def quickstart(opts: QuickstartOptions, rt: Runtime, reporter: Reporter) -> dict
     atomic_write_json(out / "report.json", json.loads(json.dumps(report, default=str)))
     return report
 
-
-def quickstart_command(opts: QuickstartOptions, reporter: Reporter) -> QuickstartResult:
-    """``p2p quickstart``: make the runtime the preset asks for, say when this CPU trains in fp32, run."""
-    cfg = get_preset(opts.preset)["config"]
-    rt = make_runtime(opts.device, cfg["precision"], cfg["channels_last"])
-    rep = for_rank(reporter, rt)
-    if rt.device.type == "cpu" and rt.amp_dtype is None and cfg["precision"] == "auto":
-        rep.info("[dim]this CPU has neither AMX nor AVX512-BF16: training runs in fp32, about 2-3× slower than "
-                 "bf16 on a CPU that has them (see README, Performance)[/]")
-    return QuickstartResult(quickstart(opts, rt, rep), rt.is_main)

@@ -31,7 +31,6 @@ from p2p_cli.attacks.options import ATTACKS
 from p2p_cli.attacks.stomach_experiment import run_head_on_stomach
 from p2p_cli.attacks.testset import raw_test_set
 from p2p_cli.data.images import ImageDataset
-from p2p_cli.data.index import DatasetIndex
 from p2p_cli.data.loaders import load_dataset_index
 from p2p_cli.errors import P2PError, did_you_mean
 from p2p_cli.io.atomic import atomic_write_bytes
@@ -42,7 +41,7 @@ from p2p_cli.runtime.reporter import Reporter
 from p2p_cli.viz.robustness import jpeg_histograms, stomach_figure
 
 
-@dataclass
+@dataclass(frozen=True)
 class RobustnessOptions:
     """What ``p2p robustness`` was asked for (``teacher``: the transfer view; ``out``: the figure
     folder, None for no figures; ``dataset``/``data_root``/``precision``: overrides of the run's)."""
@@ -86,7 +85,7 @@ def run_robustness(model_refs: Sequence[str], *, workdir: Path, options: Robustn
                          data_root=opts.data_root)
     index = load_dataset_index(cfg)
     for run in runs:
-        check_classes(run, index)
+        run.check_classes(index)
     datasets: dict[tuple[int, bool], ImageDataset] = {}
 
     def test_set(run: LoadedRun) -> ImageDataset:
@@ -179,14 +178,6 @@ def _check_transfer(teacher: LoadedRun, students: Sequence[LoadedRun]) -> None:
         if s.image_size != teacher.image_size:
             raise P2PError(f"transfer needs the same input size: teacher '{teacher.name}' "
                            f"{teacher.image_size} px, student '{s.name}' {s.image_size} px")
-
-
-def check_classes(run: LoadedRun, index: DatasetIndex) -> None:
-    """A one-line error when ``run`` was trained on other classes than ``index`` has."""
-    names = run.classes
-    if names and names != index.classes:
-        raise P2PError(f"'{run.name}' was trained on {len(names)} classes ({', '.join(names[:3])}, …) but "
-                       f"{index.name} at {index.root} has {len(index.classes)} ({', '.join(index.classes[:3])}, …)")
 
 
 def _safe(name: str) -> str:

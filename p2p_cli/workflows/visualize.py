@@ -17,6 +17,7 @@ from PIL import Image
 from p2p_cli.data.index import DatasetIndex, Sample
 from p2p_cli.data.loaders import load_dataset_index
 from p2p_cli.errors import P2PError
+from p2p_cli.evaluation.collect import base_activations
 from p2p_cli.explain import panels, sections
 from p2p_cli.explain.gallery import Gallery, draw_gallery
 from p2p_cli.explain.images import display_image, find_sample, model_input, part_boxes, read_image, sample_region
@@ -32,15 +33,16 @@ from p2p_cli.runtime.device import Runtime
 from p2p_cli.runtime.reporter import Reporter
 from p2p_cli.viz import html
 from p2p_cli.viz.explanation import boxes_on_display
-from p2p_cli.workflows.evaluate import base_activations
 
 QUICKSTART_NAMES = ("teacher", "baseline", "proto2proto")
 """Runs that ``p2p visualize`` shows by default, in this order, when they exist."""
 DISPLAY_MIN = 224  # display images: longer side max(224, S) px
 
 
-@dataclass
+@dataclass(frozen=True)
 class VisualizeRequest:
+    """What ``p2p visualize`` was asked (``models`` empty: :func:`default_model_runs`)."""
+
     image: Path | None
     models: list[str]
     workdir: Path
@@ -280,9 +282,8 @@ def _gallery(job: _Job, runs: list[LoadedRun], explanations: list[Explanation], 
     else:  # ProtoTree runs only: no top-k explanation chose a class
         raise P2PError("--prototypes with ProtoTree runs needs --class NAME (the class whose prototypes to show)")
     assert teacher.config is not None
-    acts = base_activations([(b.name, b.model, b.image_size, b.crop_bbox) for b in runs],  # type: ignore[misc]
-                            job.index, "test", req.workdir, job.rt, batch_size=int(teacher.config.test_batch_size),
-                            reporter=reporter)
+    acts = base_activations(runs, job.index, "test", req.workdir, job.rt,
+                            batch_size=int(teacher.config.test_batch_size), reporter=reporter)
     argmins = [a.argmin.astype(np.int64) for a in acts]
     grids = [tuple(a.grid) for a in acts]
     if len(set(grids)) != 1:

@@ -2,7 +2,9 @@
 
 One module per layout (:mod:`.cub`, :mod:`.cars`, :mod:`.folder`, :mod:`.synthetic`), each
 exposing a :class:`~p2p_cli.data.readers.common.Reader` named ``READER``. A new dataset kind is
-one new module plus its line in :data:`READERS`.
+one new module, its line in :data:`READERS` and its name in
+:data:`p2p_cli.io.config.DATASET_KINDS` (the config schema and the CLI's help read the kinds
+there, below this package; the import fails if the two disagree).
 """
 
 from __future__ import annotations
@@ -15,14 +17,17 @@ from p2p_cli.data.index import DataError, DatasetIndex, Issue
 from p2p_cli.data.readers import cars, cub, folder, synthetic
 from p2p_cli.data.readers.common import IMAGE_EXTENSIONS, Reader
 from p2p_cli.errors import P2PError, did_you_mean
+from p2p_cli.io.config import DATASET_KINDS
 
 READERS: dict[str, Reader] = {
+    "synthetic": synthetic.READER,
     "cub": cub.READER,
     "cars": cars.READER,
     "folder": folder.READER,
-    "synthetic": synthetic.READER,
 }
-KINDS: tuple[str, ...] = tuple(READERS)
+KINDS: tuple[str, ...] = DATASET_KINDS
+if tuple(READERS) != KINDS:  # a programming error: caught by the first import in any test
+    raise ImportError(f"data.readers.READERS {tuple(READERS)} and io.config.DATASET_KINDS {KINDS} disagree")
 
 
 def reader_for(kind: str) -> Reader:
