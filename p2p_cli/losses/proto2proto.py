@@ -14,8 +14,8 @@ Two fidelity modes (``--fidelity``):
   masked difference, and ``L_global = mean_j ‖p_j^T − p_j^S‖₂``.
 - ``"reference"``: the public code's behaviour — the mask comes from the **student's**
   distances, ``L_ppc = Σ M·(ω^T − ω^S)² / (2ΣM + 1)`` and ``L_global = mean |p^S − p^T|``
-  element-wise (its ``PairwiseDistance`` runs over the size-1 last axis of the (m, D, 1, 1) prototypes; the code's ε = 1e-6 inside the
-  absolute value is left out, a ≤ 1e-6 difference).
+  element-wise (its ``PairwiseDistance`` runs over the size-1 last axis of the (m, D, 1, 1)
+  prototypes; the code's ε = 1e-6 inside the absolute value is left out, a ≤ 1e-6 difference).
 
 Teacher tensors produced under ``torch.inference_mode()`` are accepted: see :func:`ppc_loss`.
 """
