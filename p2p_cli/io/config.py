@@ -79,6 +79,10 @@ class TrainConfig:
     push_start: int | None = _key(12, "first push epoch (null: push only at the end)", minimum=0)
     push_every: int = _key(10, "push every N epochs after push_start", minimum=1)
     last_layer_epochs: int = _key(10, "last-layer epochs after each push", minimum=0)
+    last_layer_data: str = _key("auto", "last-layer stage data: cached similarities of the un-augmented "
+                                "training images, or the augmented training loader (ProtoPNet and the "
+                                "Proto2Proto code); auto = augmented under fidelity reference, else cached",
+                                choices=("auto", "cached", "augmented"))
     batch_size: int = _key(80, "training batch size (per process)", minimum=1)
     test_batch_size: int = _key(100, "evaluation batch size", minimum=1)
     lr_backbone: float = _key(2e-4, "joint-stage backbone learning rate", minimum=0)

@@ -31,6 +31,10 @@ class DistillObjective:
     """Stage 1 (``warm``): the transfer terms only; stage 2: ``L_ppnet`` (unless
     ``ppnet_loss`` is off) + the transfer terms (Proto2Proto Eq. 6).
 
+    ``trains_head_jointly``: under ``fidelity: reference`` stage 2 also trains the student's
+    last layer at ``lr_last_layer`` (decayed with the joint schedule), as the public code's
+    ``joint`` optimizer does; in ``paper`` fidelity the last layer trains only in its own stage.
+
     The teacher runs under ``torch.inference_mode()`` in eval mode: no graph, no gradients. Both
     models' outputs reach the method as dicts of logits (B, K), min distances (B, m), distance
     maps (B, m, H, W), features (B, D, H, W) and prototypes (m, D).
@@ -39,6 +43,8 @@ class DistillObjective:
     def __init__(self, cfg: TrainConfig, teacher: PrototypeNetwork, method: DistillMethod, rt: Runtime,
                  d_student: int) -> None:
         self.cfg, self.teacher, self.method, self.rt = cfg, teacher, method, rt
+        # the Proto2Proto code's joint optimizer also trains the student's last layer (lrLastLayer)
+        self.trains_head_jointly = cfg.fidelity == "reference"
         self.settings = method_settings(cfg)
         self.modules = method.make_modules(d_student, teacher.prototype_depth)
 

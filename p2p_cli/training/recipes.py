@@ -41,19 +41,29 @@ class Recipe:
         and joint stages (ProtoPNet: none — its last layer has a stage of its own)."""
         return ()
 
-    def stage_groups(self, stage: str, cfg: TrainConfig, *, head_frozen: bool = False) -> tuple[str, ...]:
+    def joint_head_groups(self) -> tuple[str, ...]:
+        """Groups of the decision head that the joint stage adds when an objective asks for it
+        (ProtoPNet: its last layer; see :meth:`stage_groups`)."""
+        return ()
+
+    def stage_groups(self, stage: str, cfg: TrainConfig, *, head_frozen: bool = False,
+                     joint_head: bool = False) -> tuple[str, ...]:
         """The parameter groups ``stage`` optimises, in optimizer order (all others are frozen).
 
         warm: add-on, prototypes, an objective's extra modules (and the backbone with
-        ``warm_train_backbone``); joint: backbone too; last_layer: the last layer, unless the
-        head is the teacher's, frozen.
+        ``warm_train_backbone``); joint: backbone too, and with ``joint_head`` (Proto2Proto
+        distillation under ``fidelity: reference``, whose public code puts the last layer in its
+        joint optimizer at ``lrLastLayer``) the :meth:`joint_head_groups`; last_layer: the last
+        layer, unless the head is the teacher's, frozen.
         """
         head = self.head_groups(cfg, head_frozen=head_frozen)
         if stage == "warm":
             groups = ("add_on", "prototypes", "extra") + head
             return ("backbone",) + groups if cfg.warm_train_backbone else groups
         if stage == "joint":
-            return ("backbone", "add_on", "prototypes", "extra") + head
+            extra_head = tuple(g for g in self.joint_head_groups() if g not in head)
+            return ("backbone", "add_on", "prototypes", "extra") + head + (
+                extra_head if joint_head and not head_frozen else ())
         if stage == "last_layer":
             return () if head_frozen else ("last_layer",)
         raise ValueError(stage)
@@ -112,6 +122,9 @@ class ProtoPNetRecipe(Recipe):
                 steps.append(Step("push", "push", epoch))
                 steps.append(Step("last_layer", "last_layer", epoch))
         return steps
+
+    def joint_head_groups(self) -> tuple[str, ...]:
+        return ("last_layer",)
 
     def lr_factor(self, cfg: TrainConfig, stage: str, epoch: int) -> float:
         return joint_lr_factor(cfg, epoch) if stage == "joint" else 1.0
