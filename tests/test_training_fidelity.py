@@ -4,6 +4,7 @@ that also trains the student's last layer."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import yaml
 
@@ -105,5 +106,27 @@ def test_distillation_trains_the_head_jointly_only_in_reference_fidelity(tmp_pat
     cfg, _, teacher = _tiny(tmp_path)
     for fidelity, expected in (("paper", False), ("reference", True)):
         c = with_overrides(cfg, fidelity=fidelity)
-        objective = DistillObjective(c, teacher, get_method("proto2proto"), CPU, teacher.prototype_depth)
+        objective = DistillObjective(c, teacher, get_method("proto2proto"), CPU, teacher)
         assert objective.trains_head_jointly is expected
+
+
+def test_hint_regresses_the_student_backbone_onto_the_teacher_backbone(tmp_path) -> None:
+    cfg, data, teacher = _tiny(tmp_path)
+    cfg = with_overrides(cfg, method="hint")
+    student = build_model(cfg, len(data.classes), CPU)
+    teacher.eval()
+    objective = DistillObjective(cfg, teacher, get_method("hint"), CPU, student)
+    conv = objective.modules["hint_regressor"].conv
+    # resnet18 tapped at stride 16 (layer3): 256 channels on both sides, not the prototype depth D = 8
+    assert (conv.in_channels, conv.out_channels) == (256, 256) != (cfg.prototype_depth, cfg.prototype_depth)
+    images = torch.rand(2, 3, cfg.image_size, cfg.image_size)
+    out = student(images)
+    terms = objective.loss(student, out, images, torch.tensor([0, 1]), "warm")
+    # the value is MSE(ReLU(conv(v^S)), u^T) of the two backbones' outputs
+    with torch.no_grad():
+        expected = (torch.relu(conv(student.backbone(images))) - teacher.backbone(images)).square().mean()
+    assert terms["hint"].item() == pytest.approx(expected.item(), rel=1e-5)
+    terms["total"].backward()
+    assert conv.weight.grad is not None
+    assert any(p.grad is not None for p in student.backbone.parameters())
+    assert all(p.grad is None for p in student.add_on.parameters())  # the hint does not reach the add-on
