@@ -83,8 +83,9 @@ class Trainer:
         if stage not in self.optimizers:
             groups = self._groups()
             param_groups = []
-            for name in self.recipe.stage_groups(stage, self.cfg, head_frozen=self.head_frozen,
-                                           joint_head=self.joint_head):
+            trained = self.recipe.stage_groups(stage, self.cfg, head_frozen=self.head_frozen,
+                                               joint_head=self.joint_head)
+            for name in trained:
                 params = groups[name]
                 if params:
                     lr, wd = group_lr(self.cfg, name)
