@@ -53,7 +53,8 @@ ARCHITECTURES = {"protopnet": ArchCard("ProtoPNet", "protopnet"),
 DATASET_IDS = {"synthetic": "p2p-synthetic", "cub": "CUB-200-2011", "cars": "stanford-cars"}
 TRAINING_KEYS = ("dataset", "image_size", "crop_bbox", "augment", "repeats", "backbone", "pretrained",
                  "prototypes_per_class", "prototype_depth", "epochs", "warm_epochs", "push_start", "push_every",
-                 "last_layer_epochs", "batch_size", "lr_backbone", "lr_add_on", "lr_prototypes", "lr_last_layer",
+                 "last_layer_epochs", "last_layer_data", "batch_size", "lr_backbone", "lr_add_on", "lr_prototypes",
+                 "lr_last_layer",
                  "lambda_clst", "lambda_sep", "lambda_l1", "method", "lambda_global", "lambda_ppc", "tau_train",
                  "head", "fidelity", "precision", "seed")
 

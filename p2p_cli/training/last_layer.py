@@ -2,8 +2,10 @@
 
 With everything before the last layer frozen, the loss ``CE + λ_l1·L1`` (Chen et al. 2019,
 §2.2, stage 3) is convex in h (K, m); the similarities of the un-augmented training images are
-computed once and reused every epoch. The trainer runs it after each push; pruning runs it after
-each round of merges.
+computed once and reused every epoch (``last_layer_data: cached``; the ``augmented`` variant,
+ProtoPNet's, is a pass of the trainer over the augmented loader, see
+``Trainer._last_layer``). The trainer runs it after each push; pruning runs it after each
+round of merges.
 """
 
 from __future__ import annotations
