@@ -95,7 +95,8 @@ def _softmax(row: list[float]) -> list[float]:
 
 
 def test_derivative_free_leaf_update_by_hand():
-    """Nauta et al. 2021, the derivative-free update as their code runs it: c ← max(c − c_start/n_batches, 0) + Σ_b π·σ·y/ŷ."""
+    """Nauta et al. 2021, the derivative-free update as their code runs it:
+    c ← max(c − c_start/n_batches, 0) + Σ_b π·σ·y/ŷ."""
     tree = make_tree("derivative-free")
     c0 = [[2.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, -8.0]]
     with torch.no_grad():
