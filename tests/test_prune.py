@@ -152,6 +152,16 @@ def test_plan_merges_is_the_papers_threshold_and_star_merge(k, kappa, groups):
     assert planned == groups and threshold == pytest.approx(kappa)
 
 
+def test_plan_merges_removes_between_one_and_k_prototypes_and_partitions_them():
+    gen = torch.Generator().manual_seed(0)
+    for k in (1, 5, 20):
+        d = profile_dissimilarity(torch.rand(30, 40, generator=gen))
+        groups, kappa = plan_merges(d, k)
+        assert sorted(j for g in groups for j in g) == list(range(40))
+        assert 1 <= 40 - len(groups) <= k
+        assert all(d[g[0], j] <= kappa for g in groups for j in g[1:])
+
+
 def test_plan_merges_stops_at_the_limit_taking_the_nearest_first():
     assert plan_merges(LINE_D, 4, limit=2)[0] == [[0, 2, 4], [1], [3], [5]]  # 0 takes two; 1 may take none
     assert plan_merges(LINE_D, 4, limit=1)[0] == [[0, 2], [1], [3], [4], [5]]  # 2 (0.01) before 4 (0.0625)

@@ -15,7 +15,7 @@ def prune_cmd(
     model: Annotated[str, typer.Option("--model", "-m", help="run to prune: a path, or a run name in the workdir")],
     target: Annotated[int | None, typer.Option("--target", "-n", help="prototypes to keep (protopshare)")] = None,
     step: Annotated[int | None, typer.Option("--step", help="protopshare: each step's threshold is the STEP-th "
-                                             "smallest nearest-neighbour dissimilarity, so about STEP prototypes "
+                                             "smallest nearest-neighbour dissimilarity, so at most STEP prototypes "
                                              "merge per step (default: 10 % of the model's prototypes)")] = None,
     distance: Annotated[str, typer.Option("--distance", help="protopshare: dissimilarity of the prototypes' "
                                           "activation vectors over the training set (data) or of the prototype "

@@ -52,8 +52,8 @@ DISTANCES = ("data", "vectors")
 
 @dataclass(frozen=True)
 class PruneOptions:
-    """What to prune and how. ``step``: the rank k of each ProtoPShare step's threshold (about
-    the number merged per step; None: 10 % of the source's prototypes); ``distance``: ``data``
+    """What to prune and how. ``step``: the rank k of each ProtoPShare step's threshold (at
+    most that many merge per step; None: 10 % of the source's prototypes); ``distance``: ``data``
     (activation vectors over the training set, the paper's default) or ``vectors`` (the
     prototype vectors); ``fine_tune_epochs``
     None: the source config's ``last_layer_epochs``."""

@@ -11,7 +11,9 @@ vectors themselves (the code's ``join_prototypes``).
 the threshold κ is the k-th smallest ν (k = the fraction to merge × m). Then the prototypes are
 visited in index order: every not yet merged j with ``δ(i, j) ≤ κ`` is merged into the visited
 prototype i at once (star-shaped groups, no chains: a prototype merged into i is not visited
-itself). How many prototypes go is therefore not fixed in advance: at least one, and about k.
+itself). How many prototypes go is therefore not fixed in advance: at least one, and at most k
+(ties aside: every merged j has ν_j ≤ κ), often fewer (a mutual nearest pair puts two values
+among the k smallest ν but merges once).
 """
 
 from __future__ import annotations
@@ -70,16 +72,17 @@ def plan_merges(dissimilarity: torch.Tensor, k: int, limit: int | None = None) -
     m = dissimilarity.shape[0]
     kappa = merge_threshold(dissimilarity, k)
     budget = m if limit is None else limit
-    d = dissimilarity.double()
-    merged: set[int] = set()
+    d = dissimilarity.double().cpu()
+    merged = torch.zeros(m, dtype=torch.bool)
     groups: list[list[int]] = []
     for i in range(m):
-        if i in merged:
+        if merged[i]:
             continue
-        candidates = [j for j in range(i + 1, m) if j not in merged and float(d[i, j]) <= kappa]
-        if len(candidates) > budget:
-            candidates = sorted(sorted(candidates, key=lambda j: (float(d[i, j]), j))[:budget])
+        candidates = torch.nonzero((d[i, i + 1:] <= kappa) & ~merged[i + 1:]).flatten() + (i + 1)  # increasing
+        if len(candidates) > budget:  # nearest first; stable sort keeps ties in index order
+            nearest = torch.sort(d[i, candidates], stable=True).indices[:budget]
+            candidates = torch.sort(candidates[nearest]).values
         budget -= len(candidates)
-        merged.update(candidates)
-        groups.append([i, *candidates])
+        merged[candidates] = True
+        groups.append([i, *candidates.tolist()])
     return groups, kappa
