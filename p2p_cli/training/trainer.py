@@ -189,6 +189,7 @@ class Trainer:
         trainable = [p for g in opt.param_groups for p in g["params"]] if opt else []
         sums: dict[str, float] = defaultdict(float)
         correct = seen = 0
+        self.recipe.before_epoch(model, head_frozen=self.head_frozen)
         with self.reporter.task(title, len(loader)) as advance:
             for images, labels, _ in loader:
                 images = rt.images(self.data.augment(images.to(rt.device, non_blocking=True), augment_rng))
