@@ -21,6 +21,8 @@ Teacher tensors produced under ``torch.inference_mode()`` are accepted: see :fun
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -81,10 +83,17 @@ def _usable(t: Tensor) -> Tensor:
     return t.clone() if t.is_inference() else t
 
 
-def ppc_loss(features_t: Tensor, features_s: Tensor, mask: Tensor) -> Tensor:
+def ppc_loss(features_t: Tensor, features_s: Tensor, mask: Tensor,
+             batch_sum: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Patch-Prototype Correspondence loss, Eq. 4, normalised as the public Proto2Proto code does.
 
     ``L_ppc = Σ_{b,c,h,w} M·(ω^T − ω^S)² / (2·Σ_{b,h,w} M + 1)``.
+
+    The normaliser couples the images of a batch. Under data parallelism, where this process
+    holds ``B`` of the global batch's ``N`` images, ``batch_sum`` sums a tensor over all
+    processes: the denominator is then the global batch's, and the result is scaled by ``N/B``
+    so that the processes' losses weighted by ``B/N`` (what averaging their gradients does, see
+    :func:`~p2p_cli.runtime.distributed.loss_weight`) add up to the one-process ``L_ppc``.
 
     features_t, features_s (B, D, H, W); mask (B, H, W) → scalar. Gradient flows only into
     ``features_s`` (teacher features and mask are detached); it is exactly 0 wherever M = 0.
@@ -105,7 +114,10 @@ def ppc_loss(features_t: Tensor, features_s: Tensor, mask: Tensor) -> Tensor:
     m = _usable(mask).float()
     diff = features_t.detach().float() - features_s.float()
     num = (diff.square() * m.unsqueeze(1)).sum()
-    return num / (2.0 * m.sum() + 1.0)
+    if batch_sum is None:
+        return num / (2.0 * m.sum() + 1.0)
+    totals = batch_sum(torch.stack([m.sum().detach(), torch.tensor(float(b), device=m.device)]))  # Σ M, N
+    return num * (totals[1] / b) / (2.0 * totals[0] + 1.0)
 
 
 def _flat_prototypes(p: Tensor) -> Tensor:
@@ -149,6 +161,7 @@ def transfer_losses(
     fidelity: str = "paper",
     lambda_global: float = 10.0,
     lambda_ppc: float = 10.0,
+    batch_sum: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Proto2Proto transfer terms of Eq. 6 (everything but ``L_model``).
 
@@ -156,7 +169,7 @@ def transfer_losses(
     and ``active_patch_mask(distances_s, tau_train)`` in ``"reference"`` fidelity; only the
     distances that fidelity uses are required (the other may be None).
 
-    Returns unweighted ``"ppc"`` and ``"global"`` and
+    ``batch_sum``: see :func:`ppc_loss` (data parallelism). Returns unweighted ``"ppc"`` and ``"global"`` and
     ``"total_transfer" = λ_global·global + λ_ppc·ppc``.
     """
     check_fidelity(fidelity)
@@ -169,7 +182,7 @@ def transfer_losses(
             f"distance grid {tuple(source.shape[-2:])} does not match feature grid {tuple(features_s.shape[-2:])}"
         )
     mask = active_patch_mask(source, tau_train)
-    ppc = ppc_loss(features_t, features_s, mask)
+    ppc = ppc_loss(features_t, features_s, mask, batch_sum)
     glob = global_loss(prototypes_t, prototypes_s, fidelity)
     total = lambda_global * glob + lambda_ppc * ppc
     return {"ppc": ppc, "global": glob, "total_transfer": total}

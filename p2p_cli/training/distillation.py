@@ -17,6 +17,7 @@ from p2p_cli.io.config import TrainConfig
 from p2p_cli.losses.registry import DistillMethod
 from p2p_cli.models.protopnet import ProtoOutput, PrototypeNetwork
 from p2p_cli.runtime.device import Runtime
+from p2p_cli.runtime.distributed import all_reduce_sum
 from p2p_cli.training.objectives import task_terms
 
 
@@ -40,6 +41,8 @@ class DistillObjective:
                  d_student: int) -> None:
         self.cfg, self.teacher, self.method, self.rt = cfg, teacher, method, rt
         self.settings = method_settings(cfg)
+        if rt.distributed:  # batch-coupled terms (L_ppc's normaliser) sum over the global batch
+            self.settings["batch_sum"] = lambda t: all_reduce_sum(t.clone(), rt)
         self.modules = method.make_modules(d_student, teacher.prototype_depth)
 
     def extra_modules(self) -> dict[str, nn.Module]:

@@ -29,7 +29,7 @@ from p2p_cli.io.rundir import RunDir
 from p2p_cli.models.factory import save_model
 from p2p_cli.models.protopnet import PrototypeNetwork, log_similarity
 from p2p_cli.runtime.device import Runtime
-from p2p_cli.runtime.distributed import all_reduce_sum
+from p2p_cli.runtime.distributed import all_reduce_sum, loss_weight, wrap_ddp
 from p2p_cli.runtime.reporter import Reporter
 from p2p_cli.runtime.seeding import seed_everything
 from p2p_cli.training.last_layer import fit_last_layer
@@ -69,6 +69,8 @@ class Trainer:
         self.logs: RunLogs | None = None
         self.steps = self.recipe.plan(cfg)
         self.scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
+        self._ddp: nn.Module | None = None  # the DDP wrapper of the current stage (see _replica)
+        self._ddp_stage = ""
 
     # -- optimisation -------------------------------------------------------------------------
     def _groups(self) -> dict[str, list[nn.Parameter]]:
@@ -99,13 +101,25 @@ class Trainer:
             for p in params:
                 p.requires_grad_(name in trained)
 
-    def _sync_grads(self, params: list[nn.Parameter]) -> None:
-        """Data parallelism: average gradients over the torch.distributed ranks."""
+    def _replica(self, stage: str) -> nn.Module:
+        """What the training forward pass runs: the model, or under torch.distributed the model
+        and the objective's extra modules wrapped in DistributedDataParallel.
+
+        DDP registers the parameters that require gradients when it is built, so the wrapper is
+        rebuilt whenever the trained set changes: at a stage change, and after a push, a
+        last-layer step or a pruning step (a pruned tree has new parameters). Re-wrapping costs
+        one broadcast of the parameters per stage; the alternative, one wrapper over every
+        parameter with ``find_unused_parameters=True``, walks the autograd graph after every
+        forward pass and was slower per step (docs/scaling.md gives the measurements).
+        ``static_graph`` lets a stage leave a trained group without gradients (a FitNets hint
+        in the warm stage does not reach the prototypes): DDP finds that out on the first step.
+        """
         if not self.rt.distributed:
-            return
-        for p in params:
-            if p.grad is not None:
-                all_reduce_sum(p.grad, self.rt).div_(self.rt.world_size)
+            return self.model
+        if self._ddp is None or self._ddp_stage != stage:
+            self._ddp = wrap_ddp(_Replica(self.model, self.extra), self.rt, static_graph=True)
+            self._ddp_stage = stage
+        return self._ddp
 
     # -- the schedule -------------------------------------------------------------------------
     def fit(self, *, resume: bool = False) -> TrainState:
@@ -123,6 +137,8 @@ class Trainer:
             seed_everything(self.cfg.seed * 100_003 + i)
             t0 = time.perf_counter()
             rows = self._run(step, i)
+            if step.kind != "epoch":
+                self._ddp = None  # a push, last layer or pruning step: re-wrap for the next epoch
             for r in rows:
                 r.setdefault("seconds", round(time.perf_counter() - t0, 2))
             self.state.records.extend(rows)
@@ -167,24 +183,23 @@ class Trainer:
         epoch_seed = cfg.seed * 100_003 + index
         loader = train_loader(self.data.train, cfg, rt, epoch_seed=epoch_seed)
         augment_rng = torch.Generator().manual_seed(epoch_seed + (rt.rank + 1) * 7_919)  # a stream per rank
-        if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(step.epoch)
-        trainable = [p for g in opt.param_groups for p in g["params"]] if opt else []
+        replica = self._replica(step.stage) if opt is not None else model
+        global_sizes = loader.batch_sampler.global_sizes()
         sums: dict[str, float] = defaultdict(float)
         correct = seen = 0
         with self.reporter.task(f"epoch {step.epoch + 1}/{cfg.epochs} {step.stage}", len(loader)) as advance:
-            for images, labels, _ in loader:
+            for batch_index, (images, labels, _) in enumerate(loader):
                 images = rt.images(self.data.augment(images.to(rt.device, non_blocking=True), augment_rng))
                 labels = labels.to(rt.device)
                 if self.adversary is not None:  # robustness remedy: train on adversarial examples
                     images = self.adversary(model, images, labels)
                 with rt.autocast():
-                    out = model(images)
+                    out = replica(images)
                 terms = self.objective.loss(model, out, images, labels, step.stage)
                 if opt is not None:
                     opt.zero_grad(set_to_none=True)
-                    self.scaler.scale(terms["total"]).backward()
-                    self._sync_grads(trainable)
+                    weight = loss_weight(len(labels), global_sizes[batch_index], rt)  # DDP averages: see there
+                    self.scaler.scale(terms["total"] * weight).backward()
                     self.scaler.step(opt)
                     self.scaler.update()
                 self.recipe.after_batch(model, out, labels, len(loader), rt, head_frozen=self.head_frozen)
@@ -255,7 +270,7 @@ class Trainer:
         train_d, train_y = self._min_distances(self.data.push, "cache similarities")
         rows = fit_last_layer(model, opt, log_similarity(train_d), train_y, cfg, cfg.last_layer_epochs,
                               generator=torch.Generator().manual_seed(cfg.seed),
-                              test_accuracy=lambda: self.test_accuracy(test_cache))
+                              test_accuracy=lambda: self.test_accuracy(test_cache), rt=self.rt)
         lrs = lr_fields(opt.param_groups)
         return [{"epoch": step.epoch + 1, "stage": "last_layer", **row, **lrs} for row in rows]
 
@@ -298,6 +313,19 @@ class Trainer:
             self.logs.close()
         write_model_card(self.run.path)
         self.run.snapshot_path.unlink(missing_ok=True)
+
+
+class _Replica(nn.Module):
+    """The modules one training step updates, as one DDP unit: the model (its forward pass runs
+    here) and an objective's extra modules (used in the loss; their gradients are averaged too)."""
+
+    def __init__(self, model: nn.Module, extra: nn.Module) -> None:
+        super().__init__()
+        self.model, self.extra = model, extra
+
+    def forward(self, images: torch.Tensor) -> Any:
+        """images (B, 3, S, S) → the model's output."""
+        return self.model(images)
 
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
