@@ -38,7 +38,7 @@ from p2p_cli.evaluation.cache import (
 from p2p_cli.evaluation.images import Batch, image_batches
 from p2p_cli.models.runs import LoadedRun
 from p2p_cli.runtime.device import Runtime
-from p2p_cli.runtime.distributed import all_agree, gather_rows, shard_range
+from p2p_cli.runtime.distributed import all_agree, barrier, gather_rows, shard_range
 from p2p_cli.runtime.reporter import Reporter
 
 __all__ = ["CollectedArrays", "base_activations", "collect_arrays", "split_samples"]
@@ -132,6 +132,8 @@ def collect_arrays(rows: Sequence[LoadedRun], index: DatasetIndex, samples: list
                 if rt.is_main:
                     cache.save(key, noisy_kind, out.noisy[em.name].tensors("noisy"),
                                {**meta, "noise": {"std": NOISE_STD, "clip": NOISE_CLIP, "seed": noise_seed}})
+    if groups:
+        barrier(rt)  # rank 0 has stored what it computed before any rank reads the cache again
     return out
 
 

@@ -29,7 +29,7 @@ from p2p_cli.io.rundir import RunDir
 from p2p_cli.models.factory import save_model
 from p2p_cli.models.protopnet import PrototypeNetwork, log_similarity
 from p2p_cli.runtime.device import Runtime
-from p2p_cli.runtime.distributed import all_reduce_sum, loss_weight, wrap_ddp
+from p2p_cli.runtime.distributed import all_reduce_sum, barrier, loss_weight, wrap_ddp
 from p2p_cli.runtime.reporter import Reporter
 from p2p_cli.runtime.seeding import seed_everything
 from p2p_cli.training.last_layer import fit_last_layer
@@ -151,6 +151,7 @@ class Trainer:
             self.state.step = i + 1
             self._save_snapshot()
         self._finish()
+        barrier(self.rt)  # the other ranks return once rank 0 has written the run (a next command reads it)
         return self.state
 
     def _run(self, step: Step, index: int) -> list[dict[str, Any]]:
