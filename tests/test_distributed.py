@@ -33,6 +33,7 @@ from tests.conftest import TINY_CONFIG, copy_run, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = (TINY_CONFIG.replace("backbone: resnet18", "backbone: vgg11").replace("epochs: 3", "epochs: 2")
+          .replace("feature_stride: 16", "feature_stride: 8")
           .replace("synthetic_train_per_class: 6", "synthetic_train_per_class: 4") + "augment: false\n")
 RTOL = 1e-4
 PUSH_RTOL = 2e-2
