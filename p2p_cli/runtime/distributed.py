@@ -88,21 +88,22 @@ def loss_weight(local: int, total: int, rt: Runtime) -> float:
     return 1.0 if not rt.distributed or total == 0 else local * rt.world_size / total
 
 
-def wrap_ddp(module: nn.Module, rt: Runtime, *, find_unused: bool = False, static_graph: bool = False) -> nn.Module:
+def wrap_ddp(module: nn.Module, rt: Runtime, *, find_unused: bool = False) -> nn.Module:
     """``module`` under DistributedDataParallel (bucketed all-reduce of the gradients, overlapped
     with the backward pass) when distributed, else ``module`` itself.
 
     DDP registers the parameters that require gradients *now*: build the wrapper after freezing,
     and again when a stage freezes or unfreezes parameters (the trainer does). Construction
-    broadcasts rank 0's parameters and buffers, so every replica starts identical. ``static_graph``:
-    the used parameters are the same every step (DDP learns which on the first one)."""
+    broadcasts rank 0's parameters and buffers, so every replica starts identical. Every registered
+    parameter must get a gradient in every step unless ``find_unused`` (which costs a search of
+    the autograd graph after each forward pass)."""
     if not rt.distributed:
         return module
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [rt.device.index] if rt.device.type == "cuda" and rt.device.index is not None else None
     return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=find_unused,
-                                   gradient_as_bucket_view=True, static_graph=static_graph)
+                                   gradient_as_bucket_view=True)
 
 
 def gather_rows(t: torch.Tensor, rt: Runtime) -> torch.Tensor:

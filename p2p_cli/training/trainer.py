@@ -101,25 +101,54 @@ class Trainer:
             for p in params:
                 p.requires_grad_(name in trained)
 
-    def _replica(self, stage: str) -> nn.Module:
+    def _replica(self, stage: str, images: torch.Tensor, labels: torch.Tensor) -> nn.Module:
         """What the training forward pass runs: the model, or under torch.distributed the model
         and the objective's extra modules wrapped in DistributedDataParallel.
 
-        DDP registers the parameters that require gradients when it is built, so the wrapper is
-        rebuilt whenever the trained set changes: at a stage change, and after a push, a
-        last-layer step or a pruning step (a pruned tree has new parameters). Re-wrapping costs
-        one broadcast of the parameters per stage; the alternative, one wrapper over every
-        parameter with ``find_unused_parameters=True``, walks the autograd graph after every
-        forward pass and was slower per step (docs/scaling.md gives the measurements).
-        ``static_graph`` lets a stage leave a trained group without gradients (a FitNets hint
-        in the warm stage does not reach the prototypes): DDP finds that out on the first step.
+        DDP registers the parameters that require gradients when it is built and then waits, every
+        step, for a gradient of each. So the wrapper is rebuilt whenever the trained set changes
+        (at a stage change, and after a push, a last-layer or a pruning step: a pruned tree has new
+        parameters), and it registers only what the stage's loss reaches: a trained group the loss
+        never touches (a FitNets hint in the warm stage does not reach the prototypes) gets no
+        gradient in one process either. That set is found once per wrapper with
+        ``torch.autograd.grad`` on the first batch (``images`` (B, 3, S, S), ``labels`` (B,)), in
+        eval mode so that BatchNorm statistics do not move. Re-wrapping costs one broadcast of the
+        parameters per stage; the alternative, one wrapper over every parameter with
+        ``find_unused_parameters=True``, searches the autograd graph after every forward pass
+        (docs/scaling.md compares the two).
         """
         if not self.rt.distributed:
             return self.model
         if self._ddp is None or self._ddp_stage != stage:
-            self._ddp = wrap_ddp(_Replica(self.model, self.extra), self.rt, static_graph=True)
+            self._ddp = None  # drop the old wrapper (and its gradient hooks) first
+            unreached = self._unreached(stage, images, labels)
+            for p in unreached:
+                p.requires_grad_(False)
+            try:
+                self._ddp = wrap_ddp(_Replica(self.model, self.extra), self.rt)
+            finally:
+                for p in unreached:
+                    p.requires_grad_(True)
             self._ddp_stage = stage
         return self._ddp
+
+    def _unreached(self, stage: str, images: torch.Tensor, labels: torch.Tensor) -> list[nn.Parameter]:
+        """The trainable parameters the loss of ``stage`` does not depend on (one probe batch)."""
+        params = [p for p in list(self.model.parameters()) + list(self.extra.parameters()) if p.requires_grad]
+        modes = [m.training for m in (self.model, self.extra)]
+        self.model.eval()
+        self.extra.eval()
+        try:
+            with self.rt.autocast():
+                out = self.model(images)
+            total = self.objective.loss(self.model, out, images, labels, stage)["total"]
+            if not total.requires_grad:
+                return params
+            grads = torch.autograd.grad(total, params, allow_unused=True)
+        finally:
+            self.model.train(modes[0])
+            self.extra.train(modes[1])
+        return [p for p, g in zip(params, grads, strict=True) if g is None]
 
     # -- the schedule -------------------------------------------------------------------------
     def fit(self, *, resume: bool = False) -> TrainState:
@@ -184,7 +213,7 @@ class Trainer:
         epoch_seed = cfg.seed * 100_003 + index
         loader = train_loader(self.data.train, cfg, rt, epoch_seed=epoch_seed)
         augment_rng = torch.Generator().manual_seed(epoch_seed + (rt.rank + 1) * 7_919)  # a stream per rank
-        replica = self._replica(step.stage) if opt is not None else model
+        replica: nn.Module | None = None if opt is not None else model
         global_sizes = loader.batch_sampler.global_sizes()
         sums: dict[str, float] = defaultdict(float)
         correct = seen = 0
@@ -194,6 +223,8 @@ class Trainer:
                 labels = labels.to(rt.device)
                 if self.adversary is not None:  # robustness remedy: train on adversarial examples
                     images = self.adversary(model, images, labels)
+                if replica is None:
+                    replica = self._replica(step.stage, images, labels)
                 with rt.autocast():
                     out = replica(images)
                 terms = self.objective.loss(model, out, images, labels, step.stage)
