@@ -165,3 +165,28 @@ def test_torchrun_push_prune_evaluate_match_one_process(runs: tuple[Path, Path])
     prune1, prune2 = (json.loads((w / "prune.json").read_text()) for w in (one, two))
     _close(prune1, prune2, "prune", RTOL)
     assert (one / "s1-pruned" / "prototypes.json").read_text() == (two / "s1-pruned" / "prototypes.json").read_text()
+
+
+@pytest.mark.parametrize(("method", "unreached"), [("hint", {"prototypes"}), ("proto2proto", set())])
+def test_ddp_registers_what_the_stage_loss_reaches(method: str, unreached: set[str]) -> None:
+    """The warm stage trains add-on and prototypes, but a FitNets hint only reaches the features:
+    its wrapper must leave the prototypes out (DDP would wait for their gradient forever)."""
+    from p2p_cli.io.config import build_config
+    from p2p_cli.losses.registry import get_method
+    from p2p_cli.models.factory import build_model
+    from p2p_cli.runtime.reporter import Reporter
+    from p2p_cli.training.distillation import DistillObjective
+    from p2p_cli.training.trainer import Trainer
+
+    cfg = build_config({"backbone": "resnet18", "image_size": 32, "feature_stride": 16, "prototype_depth": 8,
+                        "prototypes_per_class": 1, "method": method, "precision": "fp32"})
+    rt = Runtime(torch.device("cpu"), None, False)
+    torch.manual_seed(0)
+    student, teacher = build_model(cfg, 2, rt), build_model(cfg, 2, rt).eval()
+    objective = DistillObjective(cfg, teacher, get_method(method), rt, student.prototype_depth)
+    trainer = Trainer(cfg, student, objective, None, rt, None, Reporter(enabled=False))  # type: ignore[arg-type]
+    trainer._freeze_except("warm")
+    found = trainer._unreached("warm", torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
+    groups = trainer._groups()
+    assert {name for name, params in groups.items() for p in params if any(p is q for q in found)} == unreached
+    assert student.training  # the probe ran in eval mode and restored the mode
