@@ -59,6 +59,8 @@ def prune_cmd(
                         knn_min=knn_min, name=name, overwrite=overwrite, data_root=data.data_root,
                         workdir=common.workdir, device=common.device, seed=common.seed, quiet=common.quiet,
                         verbose=common.verbose)
+    if not outcome.is_main:  # the other ranks of a torchrun job print nothing
+        return
     summary = outcome.summary
     rep = common.reporter()
     shown = ["round", "stage", "prototypes", "merged", "removed", "threshold", "ce", "train_acc", "test_acc",

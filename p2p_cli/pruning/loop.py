@@ -131,7 +131,7 @@ def prune_model(model: ProtoPNet, data: DataBundle, cfg: TrainConfig, opts: Prun
         if epochs == 0:
             return {}
         opt = last_layer_optimizer(current, cfg)  # bound to the merged model's own parameters
-        rows = fit_last_layer(current, opt, log_similarity(train_d), train_y, cfg, epochs, generator=gen)
+        rows = fit_last_layer(current, opt, log_similarity(train_d), train_y, cfg, epochs, generator=gen, rt=rt)
         current.requires_grad_(False)
         return {"ce": rows[-1]["ce"], "train_acc": rows[-1]["train_acc"]}
 

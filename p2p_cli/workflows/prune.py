@@ -27,6 +27,7 @@ from p2p_cli.models.factory import save_model
 from p2p_cli.models.runs import load_run
 from p2p_cli.pruning.loop import PruneOptions, PruneResult, prune_model, round_size, validate
 from p2p_cli.runtime.device import Runtime
+from p2p_cli.runtime.distributed import barrier
 from p2p_cli.runtime.reporter import Reporter
 from p2p_cli.runtime.seeding import seed_everything, set_deterministic
 from p2p_cli.workflows.runs import open_run, training_adversary, write_environment, write_run_config
@@ -90,6 +91,7 @@ def prune(ref: str, *, workdir: Path, name: str | None, opts: PruneOptions, rt: 
         run.write_metrics(result.rounds)
         write_metrics_csv(run.path / METRICS_CSV, result.rounds)
         write_model_card(run.path)
+    barrier(rt)  # every rank returns once rank 0 has written the pruned run
     summary = summarize(result, source, run, data.classes, model.class_identity, opts)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return run, summary
