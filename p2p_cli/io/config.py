@@ -70,8 +70,8 @@ class TrainConfig:
     lr_leaves: float = _key(1e-3, "prototree: leaf learning rate (leaf_update gradient)", minimum=0)
     milestones: str | None = _key(None, "prototree: MultiStepLR epochs, comma-separated (× lr_gamma at "
                                   "each; null: no decay)")
-    prune_threshold: float = _key(0.01, "prototree: prune leaves whose max probability ≤ this or ≤ 1/K + "
-                                  "this (nearly uniform)", minimum=0)
+    prune_threshold: float = _key(0.01, "prototree: prune the subtrees whose leaves all have max probability "
+                                  "≤ this", minimum=0)
     # -- schedule (ProtoPNet's warm → joint → push → last layer, Chen et al. 2019) ------------
     epochs: int = _key(20, "warm + joint epochs", minimum=1)
     warm_epochs: int = _key(6, "warm-up epochs (backbone frozen unless warm_train_backbone)", minimum=0)

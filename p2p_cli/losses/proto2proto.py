@@ -22,6 +22,8 @@ Teacher tensors produced under ``torch.inference_mode()`` are accepted: see :fun
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -82,7 +84,8 @@ def _usable(t: Tensor) -> Tensor:
     return t.clone() if t.is_inference() else t
 
 
-def ppc_loss(features_t: Tensor, features_s: Tensor, mask: Tensor, fidelity: str = "paper") -> Tensor:
+def ppc_loss(features_t: Tensor, features_s: Tensor, mask: Tensor, fidelity: str = "paper",
+             batch_sum: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Patch-Prototype Correspondence loss L_ppc (Proto2Proto Eq. 4).
 
     features_t, features_s (B, D, H, W); mask (B, H, W) of 0/1 → scalar.
@@ -97,6 +100,13 @@ def ppc_loss(features_t: Tensor, features_s: Tensor, mask: Tensor, fidelity: str
 
     Gradient flows only into ``features_s`` (teacher features and mask are detached); it is
     exactly 0 wherever M = 0. Accumulates in float32 even under bf16/fp16 autocast.
+
+    Data parallelism: the reference form's normaliser couples the images of a batch. Where this
+    process holds ``B`` of the global batch's ``N`` images, ``batch_sum`` sums a tensor over all
+    processes: the denominator is then the global batch's, and the result is scaled by ``N/B``
+    so that the processes' losses weighted by ``B/N`` (what averaging their gradients does, see
+    :func:`~p2p_cli.runtime.distributed.loss_weight`) add up to the one-process ``L_ppc``. The
+    paper form is a per-image mean, which that weighting already makes the global batch's mean.
 
     Inference tensors: ``ω^T − ω^S`` saves neither operand for backward, so an inference-mode
     ``features_t`` works as is; the product with ``M`` *does* save ``M``, so a mask computed
@@ -116,7 +126,11 @@ def ppc_loss(features_t: Tensor, features_s: Tensor, mask: Tensor, fidelity: str
     if fidelity == "paper":
         per_image = torch.linalg.vector_norm((diff * m).flatten(1), ord=2, dim=1)  # (B,)
         return per_image.mean()
-    return (diff.square() * m).sum() / (2.0 * m.sum() + 1.0)
+    num = (diff.square() * m).sum()
+    if batch_sum is None:
+        return num / (2.0 * m.sum() + 1.0)
+    totals = batch_sum(torch.stack([m.sum().detach(), torch.tensor(float(b), device=m.device)]))  # Σ M, N
+    return num * (totals[1] / b) / (2.0 * totals[0] + 1.0)
 
 
 def _flat_prototypes(p: Tensor) -> Tensor:
@@ -160,6 +174,7 @@ def transfer_losses(
     fidelity: str = "paper",
     lambda_global: float = 10.0,
     lambda_ppc: float = 10.0,
+    batch_sum: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Proto2Proto transfer terms of Eq. 6 (everything but ``L_model``).
 
@@ -167,7 +182,7 @@ def transfer_losses(
     and ``active_patch_mask(distances_s, tau_train)`` in ``"reference"`` fidelity; only the
     distances that fidelity uses are required (the other may be None).
 
-    Returns unweighted ``"ppc"`` and ``"global"`` and
+    ``batch_sum``: see :func:`ppc_loss` (data parallelism). Returns unweighted ``"ppc"`` and ``"global"`` and
     ``"total_transfer" = λ_global·global + λ_ppc·ppc``.
     """
     check_fidelity(fidelity)
@@ -180,7 +195,7 @@ def transfer_losses(
             f"distance grid {tuple(source.shape[-2:])} does not match feature grid {tuple(features_s.shape[-2:])}"
         )
     mask = active_patch_mask(source, tau_train)
-    ppc = ppc_loss(features_t, features_s, mask, fidelity)
+    ppc = ppc_loss(features_t, features_s, mask, fidelity, batch_sum)
     glob = global_loss(prototypes_t, prototypes_s, fidelity)
     total = lambda_global * glob + lambda_ppc * ppc
     return {"ppc": ppc, "global": glob, "total_transfer": total}

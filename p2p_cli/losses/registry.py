@@ -180,6 +180,7 @@ class Proto2Proto(DistillMethod):
             fidelity=cfg_get(cfg, "fidelity", "paper"),
             lambda_global=float(cfg_get(cfg, "lambda_global", 10.0)),
             lambda_ppc=float(cfg_get(cfg, "lambda_ppc", 10.0)),
+            batch_sum=cfg_get(cfg, "batch_sum", None),
         )
         return {"ppc": out["ppc"], "global": out["global"], "transfer": out["total_transfer"]}
 

@@ -17,6 +17,7 @@ from p2p_cli.io.config import TrainConfig
 from p2p_cli.losses.registry import DistillMethod
 from p2p_cli.models.protopnet import ProtoOutput, PrototypeNetwork
 from p2p_cli.runtime.device import Runtime
+from p2p_cli.runtime.distributed import all_reduce_sum
 from p2p_cli.training.objectives import task_terms
 
 
@@ -61,6 +62,8 @@ class DistillObjective:
         else:
             widths = student.prototype_depth, teacher.prototype_depth
         self.modules = method.make_modules(*widths)
+        if rt.distributed:  # batch-coupled terms (L_ppc's normaliser) sum over the global batch
+            self.settings["batch_sum"] = lambda t: all_reduce_sum(t.clone(), rt)
         self._student_backbone: torch.Tensor | None = None
         if self.uses_backbone:
             student.backbone.register_forward_hook(self._capture)

@@ -77,6 +77,9 @@ class Recipe:
         """The loss that trains the model for classification: named terms and their weighted ``total``."""
         raise NotImplementedError
 
+    def before_epoch(self, model: nn.Module, *, head_frozen: bool) -> None:
+        """Called at the start of every training epoch, before its first batch."""
+
     def after_batch(self, model: nn.Module, out: ProtoOutput, labels: torch.Tensor, batches: int, rt: Runtime,
                     *, head_frozen: bool) -> None:
         """Called after every training batch (and its optimizer step); ``batches`` per epoch."""
@@ -165,21 +168,25 @@ class ProtoTreeRecipe(Recipe):
         nll = nn.functional.nll_loss(out.logits, labels)
         return {"nll": nll, "total": nll}
 
+    def before_epoch(self, model: nn.Module, *, head_frozen: bool) -> None:
+        """Derivative-free leaves: remember their parameters at the start of the epoch."""
+        if model.derivative_free and not head_frozen:
+            model.begin_leaf_epoch()
+
     def after_batch(self, model: nn.Module, out: ProtoOutput, labels: torch.Tensor, batches: int, rt: Runtime,
                     *, head_frozen: bool) -> None:
-        """The derivative-free leaf update (Nauta et al. 2021, §3.2): after each batch the
-        leaves move towards the batch's responsibilities (L, K), smoothed over an epoch
-        (α = 1 / batches per epoch); under torch.distributed the statistics of all ranks are
-        summed. Nothing for gradient-trained leaves or a teacher's leaves reused frozen."""
+        """The derivative-free leaf update after every optimizer step (Nauta et al. 2021, derivative-free leaf update):
+        ``c ← max(c − c_epoch-start / batches, 0) + u`` with u (L, K) the batch's summed
+        responsibilities (:meth:`ProtoTree.update_leaves`), from the same forward pass as the
+        loss; under torch.distributed u is summed over the ranks (one global batch). Nothing for
+        gradient-trained leaves or a teacher's leaves reused frozen."""
         if not model.derivative_free or head_frozen:
             return
         stats = model.leaf_statistics(out.min_distances.detach().float(), labels)
-        count = torch.tensor([float(len(labels))], device=stats.device)
-        stats, count = all_reduce_sum(stats, rt), all_reduce_sum(count, rt)
-        model.update_leaves(stats, int(count.item()), 1.0 / max(batches, 1))
+        model.update_leaves(all_reduce_sum(stats, rt), batches)
 
     def prune(self, model: nn.Module, cfg: TrainConfig, reporter: Reporter) -> dict[str, Any]:
-        """Drop the subtrees of (nearly) uniform leaves (max σ ≤ ``prune_threshold`` or within it of 1/K)."""
+        """Drop the subtrees whose leaves all have max σ ≤ ``prune_threshold`` (Nauta et al. 2021)."""
         sizes = model.prune_(cfg.prune_threshold)
         reporter.info(f"pruned tree: {sizes['leaves_before']} → {sizes['leaves_after']} leaves, "
                       f"{sizes['prototypes_before']} → {sizes['prototypes_after']} prototypes")

@@ -29,7 +29,7 @@ from p2p_cli.io.rundir import RunDir
 from p2p_cli.models.factory import save_model
 from p2p_cli.models.protopnet import PrototypeNetwork, log_similarity
 from p2p_cli.runtime.device import Runtime
-from p2p_cli.runtime.distributed import all_reduce_sum
+from p2p_cli.runtime.distributed import TrainedModules, all_reduce_sum, barrier, loss_weight, wrap_ddp
 from p2p_cli.runtime.reporter import Reporter
 from p2p_cli.runtime.seeding import seed_everything
 from p2p_cli.training.last_layer import fit_last_layer, last_layer_terms
@@ -70,6 +70,8 @@ class Trainer:
         self.logs: RunLogs | None = None
         self.steps = self.recipe.plan(cfg)
         self.scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
+        self._ddp: nn.Module | None = None  # the DDP wrapper of the current stage (see _replica)
+        self._ddp_stage = ""
 
     # -- optimisation -------------------------------------------------------------------------
     def _groups(self) -> dict[str, list[nn.Parameter]]:
@@ -103,13 +105,54 @@ class Trainer:
             for p in params:
                 p.requires_grad_(name in trained)
 
-    def _sync_grads(self, params: list[nn.Parameter]) -> None:
-        """Data parallelism: average gradients over the torch.distributed ranks."""
+    def _replica(self, stage: str, images: torch.Tensor, labels: torch.Tensor) -> nn.Module:
+        """What the training forward pass runs: the model, or under torch.distributed the model
+        and the objective's extra modules wrapped in DistributedDataParallel.
+
+        DDP registers the parameters that require gradients when it is built and then waits, every
+        step, for a gradient of each. So the wrapper is rebuilt whenever the trained set changes
+        (at a stage change, and after a push, a last-layer or a pruning step: a pruned tree has new
+        parameters), and it registers only what the stage's loss reaches: a trained group the loss
+        never touches (a FitNets hint in the warm stage does not reach the prototypes) gets no
+        gradient in one process either. That set is found once per wrapper with
+        ``torch.autograd.grad`` on the first batch (``images`` (B, 3, S, S), ``labels`` (B,)), in
+        eval mode so that BatchNorm statistics do not move. Re-wrapping costs one broadcast of the
+        parameters per stage; the alternative, one wrapper over every parameter with
+        ``find_unused_parameters=True``, searches the autograd graph after every forward pass
+        (docs/scaling.md compares the two).
+        """
         if not self.rt.distributed:
-            return
-        for p in params:
-            if p.grad is not None:
-                all_reduce_sum(p.grad, self.rt).div_(self.rt.world_size)
+            return self.model
+        if self._ddp is None or self._ddp_stage != stage:
+            self._ddp = None  # drop the old wrapper (and its gradient hooks) first
+            unreached = self._unreached(stage, images, labels)
+            for p in unreached:
+                p.requires_grad_(False)
+            try:
+                self._ddp = wrap_ddp(TrainedModules(self.model, self.extra), self.rt)
+            finally:
+                for p in unreached:
+                    p.requires_grad_(True)
+            self._ddp_stage = stage
+        return self._ddp
+
+    def _unreached(self, stage: str, images: torch.Tensor, labels: torch.Tensor) -> list[nn.Parameter]:
+        """The trainable parameters the loss of ``stage`` does not depend on (one probe batch)."""
+        params = [p for p in list(self.model.parameters()) + list(self.extra.parameters()) if p.requires_grad]
+        modes = [m.training for m in (self.model, self.extra)]
+        self.model.eval()
+        self.extra.eval()
+        try:
+            with self.rt.autocast():
+                out = self.model(images)
+            total = self.objective.loss(self.model, out, images, labels, stage)["total"]
+            if not total.requires_grad:
+                return params
+            grads = torch.autograd.grad(total, params, allow_unused=True)
+        finally:
+            self.model.train(modes[0])
+            self.extra.train(modes[1])
+        return [p for p, g in zip(params, grads, strict=True) if g is None]
 
     # -- the schedule -------------------------------------------------------------------------
     def fit(self, *, resume: bool = False) -> TrainState:
@@ -127,6 +170,8 @@ class Trainer:
             seed_everything(self.cfg.seed * 100_003 + i)
             t0 = time.perf_counter()
             rows = self._run(step, i)
+            if step.kind != "epoch":
+                self._ddp = None  # a push, last layer or pruning step: re-wrap for the next epoch
             for r in rows:
                 r.setdefault("seconds", round(time.perf_counter() - t0, 2))
             self.state.records.extend(rows)
@@ -139,6 +184,7 @@ class Trainer:
             self.state.step = i + 1
             self._save_snapshot()
         self._finish()
+        barrier(self.rt)  # the other ranks return once rank 0 has written the run (a next command reads it)
         return self.state
 
     def _run(self, step: Step, index: int) -> list[dict[str, Any]]:
@@ -186,22 +232,26 @@ class Trainer:
         augment_rng = torch.Generator().manual_seed(epoch_seed + (rt.rank + 1) * 7_919)  # a stream per rank
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(sampler_epoch)
-        trainable = [p for g in opt.param_groups for p in g["params"]] if opt else []
+        replica: nn.Module | None = None if opt is not None else model
+        global_sizes = loader.batch_sampler.global_sizes()
         sums: dict[str, float] = defaultdict(float)
         correct = seen = 0
+        self.recipe.before_epoch(model, head_frozen=self.head_frozen)
         with self.reporter.task(title, len(loader)) as advance:
-            for images, labels, _ in loader:
+            for batch_index, (images, labels, _) in enumerate(loader):
                 images = rt.images(self.data.augment(images.to(rt.device, non_blocking=True), augment_rng))
                 labels = labels.to(rt.device)
                 if self.adversary is not None:  # robustness remedy: train on adversarial examples
                     images = self.adversary(model, images, labels)
+                if replica is None:
+                    replica = self._replica(step.stage, images, labels)
                 with rt.autocast():
-                    out = model(images)
+                    out = replica(images)
                 terms = loss(out, images, labels)
                 if opt is not None:
                     opt.zero_grad(set_to_none=True)
-                    self.scaler.scale(terms["total"]).backward()
-                    self._sync_grads(trainable)
+                    weight = loss_weight(len(labels), global_sizes[batch_index], rt)  # DDP averages: see there
+                    self.scaler.scale(terms["total"] * weight).backward()
                     self.scaler.step(opt)
                     self.scaler.update()
                 if step.kind == "epoch":
@@ -285,7 +335,7 @@ class Trainer:
         train_d, train_y = self._min_distances(self.data.push, "cache similarities")
         rows = fit_last_layer(model, opt, log_similarity(train_d), train_y, cfg, cfg.last_layer_epochs,
                               generator=torch.Generator().manual_seed(cfg.seed),
-                              test_accuracy=lambda: self.test_accuracy(test_cache))
+                              test_accuracy=lambda: self.test_accuracy(test_cache), rt=self.rt)
         lrs = lr_fields(opt.param_groups)
         return [{"epoch": step.epoch + 1, "stage": "last_layer", **row, **lrs} for row in rows]
 
