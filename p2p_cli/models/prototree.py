@@ -256,8 +256,9 @@ class ProtoTree(PrototypeNetwork):
         """The batch's update term (L, K): ``u_ℓ = Σ_b π_ℓ(x_b) · σ_ℓ ⊙ y_b / ŷ(x_b)``.
 
         Nauta et al. 2021's derivative-free update (after Kontschieder et al. 2015). With y_b
-        one-hot only the label's entry is non-zero, ``u_ℓ,k = Σ_b [y_b = k] · π_ℓ(x_b)·σ_ℓ,k / ŷ_k(x_b)``, and each image's
-        entries sum to 1 over the leaves (it is the posterior that leaf ℓ explained image b).
+        one-hot only the label's entry is non-zero,
+        ``u_ℓ,k = Σ_b [y_b = k] · π_ℓ(x_b)·σ_ℓ,k / ŷ_k(x_b)``, and each image's entries sum to 1
+        over the leaves (it is the posterior that leaf ℓ explained image b).
         min_distances: (B, m) Euclidean; labels: (B,)."""
         log_dist = self.log_leaf_distributions().to(min_distances.device)  # (L, K)
         log_pi = self.log_path_probabilities(min_distances)  # (B, L)
