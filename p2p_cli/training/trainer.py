@@ -32,6 +32,7 @@ from p2p_cli.runtime.device import Runtime
 from p2p_cli.runtime.distributed import all_reduce_sum
 from p2p_cli.runtime.reporter import Reporter
 from p2p_cli.runtime.seeding import seed_everything
+from p2p_cli.training.guard import DivergenceWatch, check_grad_norm, check_parameters, check_terms
 from p2p_cli.training.last_layer import fit_last_layer
 from p2p_cli.training.passes import min_distance_pass
 from p2p_cli.training.provenance import provenance_records, summarize
@@ -69,6 +70,7 @@ class Trainer:
         self.logs: RunLogs | None = None
         self.steps = self.recipe.plan(cfg)
         self.scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
+        self.watch = DivergenceWatch()
 
     # -- optimisation -------------------------------------------------------------------------
     def _groups(self) -> dict[str, list[nn.Parameter]]:
@@ -118,6 +120,9 @@ class Trainer:
             self.logs = RunLogs(self.run.path, tensorboard=self.cfg.log == "tensorboard",
                                 start=len(self.state.records))
         stage_rows: list[dict[str, Any]] = []
+        for row in self.state.records[:1]:  # a resumed run compares with its own first epoch
+            if "total" in row:
+                self.watch.update(float(row["total"]), "")
         for i in range(self.state.step, len(self.steps)):
             step = self.steps[i]
             seed_everything(self.cfg.seed * 100_003 + i)
@@ -125,6 +130,10 @@ class Trainer:
             rows = self._run(step, i)
             for r in rows:
                 r.setdefault("seconds", round(time.perf_counter() - t0, 2))
+            where = f"step {i + 1}/{len(self.steps)} ({step.stage}, epoch {step.epoch + 1})"
+            check_parameters({"": self.model, "extra.": self.extra}, where)  # never snapshot NaN weights
+            for row in rows if step.kind == "last_layer" else []:  # the epochs' batches are watched as they go
+                self.watch.update(float(row.get("total", 0.0)), where)
             self.state.records.extend(rows)
             stage_rows.extend(rows)
             nxt = self.steps[i + 1] if i + 1 < len(self.steps) else None
@@ -173,7 +182,7 @@ class Trainer:
         sums: dict[str, float] = defaultdict(float)
         correct = seen = 0
         with self.reporter.task(f"epoch {step.epoch + 1}/{cfg.epochs} {step.stage}", len(loader)) as advance:
-            for images, labels, _ in loader:
+            for batch, (images, labels, _) in enumerate(loader):
                 images = rt.images(self.data.augment(images.to(rt.device, non_blocking=True), augment_rng))
                 labels = labels.to(rt.device)
                 if self.adversary is not None:  # robustness remedy: train on adversarial examples
@@ -181,16 +190,21 @@ class Trainer:
                 with rt.autocast():
                     out = model(images)
                 terms = self.objective.loss(model, out, images, labels, step.stage)
+                where = f"step {index + 1}/{len(self.steps)} ({step.stage}, epoch {step.epoch + 1}, batch {batch + 1})"
+                check_terms(terms, where)
                 if opt is not None:
                     opt.zero_grad(set_to_none=True)
                     self.scaler.scale(terms["total"]).backward()
                     self._sync_grads(trainable)
+                    if not self.scaler.is_enabled():  # fp16's scaler skips non-finite steps by design
+                        check_grad_norm(trainable, where)
                     self.scaler.step(opt)
                     self.scaler.update()
                 self.recipe.after_batch(model, out, labels, len(loader), rt, head_frozen=self.head_frozen)
                 n = len(labels)
                 for k, v in terms.items():
                     sums[k] += float(v.detach()) * n
+                self.watch.update(float(terms["total"].detach()), where)
                 correct += int((out.logits.detach().argmax(1) == labels).sum())
                 seen += n
                 advance(loss=sums["total"] / seen, acc=correct / seen)
@@ -289,13 +303,14 @@ class Trainer:
         last = self.state.records[-1] if self.state.records else {}
         extra = dict(self.metadata)
         extra["test_acc"] = last.get("test_acc")
-        save_model(self.run.model_path, self.model, stage="final", class_names=self.data.classes, extra=extra)
         atomic_write_json(self.run.prototypes_path, {"grid": self.state.grid, "image_size": self.cfg.image_size,
                                                      "prototypes": self.state.prototypes})
         self.run.write_metrics(self.state.records)
         if self.logs is not None:
             self.logs.update(self.state.records)
             self.logs.close()
+        # the weights last: a run is finished once model.safetensors exists (RunDir.is_complete)
+        save_model(self.run.model_path, self.model, stage="final", class_names=self.data.classes, extra=extra)
         write_model_card(self.run.path)
         self.run.snapshot_path.unlink(missing_ok=True)
 

@@ -29,16 +29,17 @@ def train_teacher(cfg: TrainConfig, *, workdir: Path, name: str, rt: Runtime, re
     if len(data.classes) < 2:
         raise P2PError("the dataset has fewer than 2 classes")
     model = build_model(cfg, len(data.classes), rt)
-    run = open_run(workdir, name, rt, overwrite=overwrite, resume=resume)
-    if rt.is_main and not resume:
-        write_run_config(run, cfg, "train-teacher")
-        write_environment(run, rt)
-    reporter.info(f"[bold]train-teacher[/] {name}: {cfg.arch} {cfg.backbone}, {model.num_prototypes} prototypes × "
-                  f"D={model.prototype_depth}, {len(data.classes)} classes, {len(data.index.train)} train / "
-                  f"{len(data.index.test)} test images at {cfg.image_size} px, device {rt.device}, "
-                  f"precision {rt.amp_dtype or 'fp32'}")
-    trainer = Trainer(cfg, model, TaskObjective(cfg), data, rt, run, reporter,
-                      metadata={"role": "teacher-or-baseline"}, adversary=training_adversary(cfg, rt))
-    state = trainer.fit(resume=resume)
+    with open_run(workdir, name, rt, overwrite=overwrite, resume=resume) as opened:
+        run = opened.run
+        if rt.is_main and not resume:
+            write_run_config(run, cfg, "train-teacher")
+            write_environment(run, rt)
+        reporter.info(f"[bold]train-teacher[/] {name}: {cfg.arch} {cfg.backbone}, {model.num_prototypes} prototypes "
+                      f"× D={model.prototype_depth}, {len(data.classes)} classes, {len(data.index.train)} train / "
+                      f"{len(data.index.test)} test images at {cfg.image_size} px, device {rt.device}, "
+                      f"precision {rt.amp_dtype or 'fp32'}")
+        trainer = Trainer(cfg, model, TaskObjective(cfg), data, rt, run, reporter,
+                          metadata={"role": "teacher-or-baseline"}, adversary=training_adversary(cfg, rt))
+        state = trainer.fit(resume=resume)
     last = state.records[-1] if state.records else {}
-    return run, {"test_acc": last.get("test_acc"), "seconds": time.perf_counter() - t0, "model": model}
+    return opened.final, {"test_acc": last.get("test_acc"), "seconds": time.perf_counter() - t0, "model": model}
