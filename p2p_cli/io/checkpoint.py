@@ -111,3 +111,24 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             return decode_metadata(dict(fh.metadata() or {}))
     except (SafetensorError, OSError, ValueError, RuntimeError):
         raise P2PError(f"{path}: not a readable safetensors checkpoint") from None
+
+
+def check_tensors(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], source: str | Path) -> None:
+    """A one-line P2PError naming the first tensor of ``found`` (a file's) whose name, shape or dtype
+    differs from ``expected`` (an architecture's state dict, possibly on the meta device): missing,
+    unexpected, a wrong shape or a wrong dtype, with what was expected and what was found."""
+    for name, want in expected.items():
+        if name not in found:
+            raise P2PError(f"{source}: tensor '{name}' is missing (the architecture expects shape "
+                           f"{tuple(want.shape)})")
+    for name, got in found.items():
+        want = expected.get(name)
+        if want is None:
+            raise P2PError(f"{source}: unexpected tensor '{name}' (shape {tuple(got.shape)}) for the recorded "
+                           "architecture")
+        if tuple(got.shape) != tuple(want.shape):
+            raise P2PError(f"{source}: tensor '{name}' has shape {tuple(got.shape)}, the architecture expects "
+                           f"{tuple(want.shape)}")
+        if got.dtype != want.dtype:
+            raise P2PError(f"{source}: tensor '{name}' has dtype {str(got.dtype).removeprefix('torch.')}, the "
+                           f"architecture expects {str(want.dtype).removeprefix('torch.')}")

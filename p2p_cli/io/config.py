@@ -292,6 +292,21 @@ def config_from_dict(data: dict[str, Any], *, source: str) -> TrainConfig:
     return build_config({k: v for k, v in data.items() if k in KEYS}, source=source)
 
 
+RESUME_FREE_KEYS = frozenset({"workers", "cache_images", "test_batch_size", "log", "compile"})
+"""Keys a resumed run may change: how data is loaded and logged, not what is trained."""
+
+
+def first_difference(old: TrainConfig, new: TrainConfig, *, ignore: frozenset[str] = frozenset()
+                     ) -> tuple[str, Any, Any] | None:
+    """The first key (schema order) whose value differs between ``old`` and ``new``, as
+    ``(key, old value, new value)``; None when they agree on every key outside ``ignore``."""
+    a, b = old.to_dict(), new.to_dict()
+    for key in a:
+        if key not in ignore and a[key] != b[key]:
+            return key, a[key], b[key]
+    return None
+
+
 def dump_config(cfg: TrainConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from p2p_cli.data.loaders import DataBundle, eval_loader, train_loader
+from p2p_cli.errors import P2PError
 from p2p_cli.io.atomic import atomic_write_json
 from p2p_cli.io.config import TrainConfig
 from p2p_cli.io.metrics_log import RunLogs, lr_fields
@@ -286,13 +287,19 @@ class Trainer:
     def _load_snapshot(self) -> None:
         assert self.run is not None
         snap = read_snapshot(self.run.snapshot_path)
-        self.model.load_state_dict(snap.model)  # first: a pruned tree's parameters take new shapes
-        if snap.extra:
-            self.extra.load_state_dict(snap.extra)
-        for name, state in snap.optimizers.items():  # bound to the loaded parameters
-            opt = self.optimizer(name)
-            assert opt is not None
-            opt.load_state_dict(state)
+        try:
+            self.model.load_state_dict(snap.model)  # first: a pruned tree's parameters take new shapes
+            if snap.extra:
+                self.extra.load_state_dict(snap.extra)
+            for name, state in snap.optimizers.items():  # bound to the loaded parameters
+                opt = self.optimizer(name)
+                if opt is None:
+                    raise ValueError(f"optimizer '{name}' of the snapshot trains nothing here")
+                opt.load_state_dict(state)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()
+            raise P2PError(f"{self.run.snapshot_path}: the snapshot does not fit this run's model "
+                           f"({first[-1].strip() if first else type(exc).__name__})") from None
         if snap.scaler:
             self.scaler.load_state_dict(snap.scaler)
         self.state = snap.state

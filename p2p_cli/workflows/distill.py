@@ -107,7 +107,7 @@ def distill(cfg: TrainConfig, *, workdir: Path, name: str, rt: Runtime, reporter
         objective = DistillObjective(cfg, teacher, method, rt, student.prototype_depth)
     teacher_info = {"name": loaded.run.name, "path": str(loaded.run.path.resolve()), "weights_hash": loaded.weights,
                     "backbone": teacher.config.backbone}
-    with open_run(workdir, name, rt, overwrite=overwrite, resume=resume) as opened:
+    with open_run(workdir, name, rt, overwrite=overwrite, resume=resume, config=cfg) as opened:
         run = opened.run
         if rt.is_main and not resume:
             write_run_config(run, cfg, "distill", {"teacher_run": teacher_info})

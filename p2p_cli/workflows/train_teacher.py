@@ -29,7 +29,7 @@ def train_teacher(cfg: TrainConfig, *, workdir: Path, name: str, rt: Runtime, re
     if len(data.classes) < 2:
         raise P2PError("the dataset has fewer than 2 classes")
     model = build_model(cfg, len(data.classes), rt)
-    with open_run(workdir, name, rt, overwrite=overwrite, resume=resume) as opened:
+    with open_run(workdir, name, rt, overwrite=overwrite, resume=resume, config=cfg) as opened:
         run = opened.run
         if rt.is_main and not resume:
             write_run_config(run, cfg, "train-teacher")
