@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +24,18 @@ _OPT_PREFIX = "__optim__"
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
     """Atomically write ``tensors`` with JSON-encoded ``metadata`` values (non-str are JSON-dumped)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(plain, str(tmp), metadata=meta))
+    try:
+        atomic_write(path, lambda tmp: save_file(plain, str(tmp), metadata=meta))
+    except SafetensorError as exc:  # an I/O failure inside the Rust writer (disk full, …): an OSError
+        code = re.search(r"os error (\d+)", str(exc))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from p2p_cli.data.index import MIN_CLASSES
 from p2p_cli.data.loaders import build_datasets
 from p2p_cli.errors import P2PError
 from p2p_cli.io.config import TrainConfig
@@ -26,8 +27,8 @@ def train_teacher(cfg: TrainConfig, *, workdir: Path, name: str, rt: Runtime, re
     seed_everything(cfg.seed)
     t0 = time.perf_counter()
     data = build_datasets(cfg)
-    if len(data.classes) < 2:
-        raise P2PError("the dataset has fewer than 2 classes")
+    if len(data.classes) < MIN_CLASSES:
+        raise P2PError(f"the dataset has {len(data.classes)} class(es); training needs at least {MIN_CLASSES}")
     model = build_model(cfg, len(data.classes), rt)
     with open_run(workdir, name, rt, overwrite=overwrite, resume=resume, config=cfg) as opened:
         run = opened.run
