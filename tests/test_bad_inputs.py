@@ -96,6 +96,14 @@ def _setup(case: str, workdir: Path, tmp: Path) -> tuple[list[str], str]:
         "existing-run": (["--name", "t"], "already exists; pass --overwrite"),
         "resume-finished": (["--name", "t", "--resume"], "already finished"),
     }
+    on_run = {
+        "eval-noise-seed": (["evaluate", "--noise-seed", "-1"], "--noise-seed must be in [0, 4294967295]"),
+        "attack-seed": (["robustness", "--seed", "-4"], "--seed must be in [0, 4294967295]"),
+        "prune-target": (["prune", "--target", "-3"], "--target -3 must be between 1 and 5"),
+    }
+    if case in on_run:
+        (command, *extra), expect = on_run[case]
+        return [command, "--workdir", str(workdir), "-m", "t", "--device", "cpu", "-q", *extra], expect
     if case == "list-value":
         path = tmp / "list.yaml"
         path.write_text((workdir / "tiny.yaml").read_text() + "backbone: [a, b]\n")
@@ -129,7 +137,7 @@ CASES = [*HOSTILE, "nan-weight", "inf-lr", "overflow-lr", "negative-depth", "zer
          "huge-image", "huge-seed", "negative-seed", "huge-synthetic", "one-class", "list-value",
          "unknown-backbone", "empty-name", "control-name", "escape-name", "hidden-name", "slash-name", "long-name",
          "existing-run", "resume-finished", "config-not-utf8", "config-not-yaml", "workdir-is-a-file",
-         "synthesize-huge", "synthesize-small", "synthesize-onto-file"]
+         "synthesize-huge", "synthesize-small", "synthesize-onto-file", "eval-noise-seed", "attack-seed", "prune-target"]
 
 
 @pytest.mark.parametrize("case", CASES)
