@@ -137,7 +137,8 @@ CASES = [*HOSTILE, "nan-weight", "inf-lr", "overflow-lr", "negative-depth", "zer
          "huge-image", "huge-seed", "negative-seed", "huge-synthetic", "one-class", "list-value",
          "unknown-backbone", "empty-name", "control-name", "escape-name", "hidden-name", "slash-name", "long-name",
          "existing-run", "resume-finished", "config-not-utf8", "config-not-yaml", "workdir-is-a-file",
-         "synthesize-huge", "synthesize-small", "synthesize-onto-file", "eval-noise-seed", "attack-seed", "prune-target"]
+         "synthesize-huge", "synthesize-small", "synthesize-onto-file", "eval-noise-seed", "attack-seed",
+         "prune-target"]
 
 
 @pytest.mark.parametrize("case", CASES)
