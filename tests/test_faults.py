@@ -238,3 +238,24 @@ def test_enospc_in_the_safetensors_writer_is_an_oserror_and_keeps_the_old_file(t
     assert os_error_message(caught.value) == (f"no space left on device: '{path}' "
                                               "(free some space or choose another --workdir)")
     assert path.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+def test_push_to_an_existing_name_that_fails_keeps_the_old_run(workdir, capsys, monkeypatch):
+    """``push-prototypes --name p --overwrite`` writes beside the old ``p``; a disk that fills up
+    while the prototype images are written leaves the old ``p`` as it was (and one line)."""
+    import p2p_cli.workflows.push as push_workflow
+
+    shutil.copytree(workdir / "t", workdir / "p")
+    old = digest(workdir / "p")
+
+    def full(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(workdir / ".p.overwrite" / "p" / "prototypes"))
+
+    monkeypatch.setattr(push_workflow, "save_prototype_images", full)
+    code, _, err = run_cli(["push-prototypes", "--workdir", str(workdir), "-m", "t", "--name", "p", "--overwrite",
+                            "--device", "cpu", "-q"], capsys)
+    assert code == 1 and error_lines(err) == [
+        f"error: no space left on device: '{workdir / '.p.overwrite' / 'p' / 'prototypes'}' "
+        "(free some space or choose another --workdir)"], err
+    assert digest(workdir / "p") == old
+    assert sorted(p.name for p in workdir.iterdir()) == ["p", "t", "tiny.yaml"]
