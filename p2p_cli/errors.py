@@ -34,6 +34,8 @@ _OS_HINTS = {
     errno.EACCES: "check the permissions or choose another --workdir",
     errno.EPERM: "check the permissions or choose another --workdir",
     errno.ENAMETOOLONG: "choose a shorter name",
+    errno.EEXIST: "a file is in the way of a folder; choose another path",
+    errno.ENOTDIR: "a file is in the way of a folder; choose another path",
 }
 
 

@@ -259,3 +259,15 @@ def test_push_to_an_existing_name_that_fails_keeps_the_old_run(workdir, capsys, 
         "(free some space or choose another --workdir)"], err
     assert digest(workdir / "p") == old
     assert sorted(p.name for p in workdir.iterdir()) == ["p", "t", "tiny.yaml"]
+
+
+def test_os_error_messages_name_the_path_and_the_remedy(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OSError) as caught:
+        (tmp_path / "afile" / "out").mkdir(parents=True, exist_ok=True)
+    assert os_error_message(caught.value).endswith(f": '{tmp_path / 'afile' / 'out'}' (a file is in the way of a "
+                                                   "folder; choose another path)")
+    assert os_error_message(OSError(errno.EROFS, "Read-only file system", "w/t")) == \
+        "read-only file system: 'w/t' (choose a writable --workdir)"
+    assert os_error_message(OSError(errno.EXDEV, "Invalid cross-device link", "a", None, "b")) == \
+        "invalid cross-device link: 'a' → 'b'"
