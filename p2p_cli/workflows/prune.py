@@ -67,19 +67,20 @@ def prune(ref: str, *, workdir: Path, name: str | None, opts: PruneOptions, rt: 
     reporter.info(f"[bold]prune[/] {source.name} → {name}: {opts.method}, {model.num_prototypes} prototypes"
                   + (f" → {opts.target}" if opts.target else "") + f", device {rt.device}")
     result = prune_model(model, data, cfg, opts, rt, reporter, adversary=training_adversary(cfg, rt))
+    record = {"source": {"name": source.name, "path": str(source.path.resolve()), "weights_hash": source_hash},
+              "method": opts.method, "target": opts.target if opts.method == "protopshare" else None,
+              "distance": opts.distance if opts.method == "protopshare" else None,
+              "step": round_size(opts, model.num_prototypes), "fine_tune_epochs": cfg.last_layer_epochs
+              if opts.fine_tune_epochs is None else opts.fine_tune_epochs, "feature_epochs": opts.feature_epochs,
+              "rounds": len(result.rounds) - 1, "prototypes_before": model.num_prototypes,
+              "prototypes_after": result.model.num_prototypes}
+    if opts.method == "knn":
+        record.update(knn_k=opts.knn_k, knn_min=opts.knn_min, removed=result.removed)
+    if src_cfg.get("pruning"):
+        record["previous"] = src_cfg["pruning"]
     # the run is created only once there is a result
     with open_run(workdir, name, rt, overwrite=overwrite, resume=False) as opened:
         run = opened.run
-        record = {"source": {"name": source.name, "path": str(source.path.resolve()), "weights_hash": source_hash},
-                  "method": opts.method, "target": opts.target if opts.method == "protopshare" else None,
-                  "step": round_size(opts, model.num_prototypes), "fine_tune_epochs": cfg.last_layer_epochs
-                  if opts.fine_tune_epochs is None else opts.fine_tune_epochs, "feature_epochs": opts.feature_epochs,
-                  "rounds": len(result.rounds) - 1, "prototypes_before": model.num_prototypes,
-                  "prototypes_after": result.model.num_prototypes}
-        if opts.method == "knn":
-            record.update(knn_k=opts.knn_k, knn_min=opts.knn_min, removed=result.removed)
-        if src_cfg.get("pruning"):
-            record["previous"] = src_cfg["pruning"]
         if rt.is_main:
             extra_cfg = {k: v for k, v in src_cfg.items() if k == "teacher_run"}
             write_run_config(run, cfg, "prune", {**extra_cfg, "pruning": record})
