@@ -190,7 +190,7 @@ def test_ddp_registers_what_the_stage_loss_reaches(method: str, unreached: set[s
     objective = DistillObjective(cfg, teacher, get_method(method), rt, student)
     trainer = Trainer(cfg, student, objective, None, rt, None, Reporter(enabled=False))  # type: ignore[arg-type]
     trainer._freeze_except("warm")
-    found = trainer._unreached("warm", torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
+    found = trainer.replicas.unreached("warm", torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
     groups = trainer._groups()
     assert {name for name, params in groups.items() for p in params if any(p is q for q in found)} == unreached
     assert student.training  # the probe ran in eval mode and restored the mode
