@@ -65,19 +65,22 @@ def test_global_batches_are_split_not_changed() -> None:
         GlobalBatchSampler(10, 1, seed=7, world=2)
 
 
-def test_ppc_normaliser_over_the_global_batch() -> None:
-    """Σ_r (B_r/N)·L_ppc,r with the summed normaliser equals L_ppc of the whole batch (Proto2Proto Eq. 4)."""
+@pytest.mark.parametrize("fidelity", ["paper", "reference"])
+def test_ppc_over_the_global_batch(fidelity: str) -> None:
+    """Σ_r (B_r/N)·L_ppc,r equals L_ppc of the whole batch: the paper's per-image mean (Proto2Proto
+    Eq. 4) as it is, the reference form with its normaliser summed over the processes."""
     gen = torch.Generator().manual_seed(0)
     ft, fs = torch.randn(5, 2, 2, 2, generator=gen), torch.randn(5, 2, 2, 2, generator=gen)
     mask = torch.tensor([[[1, 0], [0, 0]], [[1, 1], [0, 0]], [[0, 0], [0, 0]], [[1, 1], [1, 0]], [[0, 1], [0, 0]]],
                         dtype=torch.bool)
-    whole = ppc_loss(ft, fs, mask)
+    whole = ppc_loss(ft, fs, mask, fidelity)
     totals = torch.tensor([7.0, 5.0])  # Σ M over the batch, N images
 
     def batch_sum(_: torch.Tensor) -> torch.Tensor:
         return totals
 
-    parts = [ppc_loss(ft[s], fs[s], mask[s], batch_sum) * (len(range(5)[s]) / 5) for s in (slice(0, 3), slice(3, 5))]
+    parts = [ppc_loss(ft[s], fs[s], mask[s], fidelity, batch_sum) * (len(range(5)[s]) / 5)
+             for s in (slice(0, 3), slice(3, 5))]
     assert float(sum(parts)) == pytest.approx(float(whole), rel=1e-6)
 
 
@@ -167,10 +170,11 @@ def test_torchrun_push_prune_evaluate_match_one_process(runs: tuple[Path, Path])
     assert (one / "s1-pruned" / "prototypes.json").read_text() == (two / "s1-pruned" / "prototypes.json").read_text()
 
 
-@pytest.mark.parametrize(("method", "unreached"), [("hint", {"prototypes"}), ("proto2proto", set())])
+@pytest.mark.parametrize(("method", "unreached"), [("hint", {"add_on", "prototypes"}), ("proto2proto", set())])
 def test_ddp_registers_what_the_stage_loss_reaches(method: str, unreached: set[str]) -> None:
-    """The warm stage trains add-on and prototypes, but a FitNets hint only reaches the features:
-    its wrapper must leave the prototypes out (DDP would wait for their gradient forever)."""
+    """The warm stage trains add-on and prototypes, but a FitNets hint only reaches the backbone
+    (frozen in warm) and its regressor: the wrapper must leave add-on and prototypes out (DDP would
+    wait for their gradient forever)."""
     from p2p_cli.io.config import build_config
     from p2p_cli.losses.registry import get_method
     from p2p_cli.models.factory import build_model
@@ -183,10 +187,10 @@ def test_ddp_registers_what_the_stage_loss_reaches(method: str, unreached: set[s
     rt = Runtime(torch.device("cpu"), None, False)
     torch.manual_seed(0)
     student, teacher = build_model(cfg, 2, rt), build_model(cfg, 2, rt).eval()
-    objective = DistillObjective(cfg, teacher, get_method(method), rt, student.prototype_depth)
+    objective = DistillObjective(cfg, teacher, get_method(method), rt, student)
     trainer = Trainer(cfg, student, objective, None, rt, None, Reporter(enabled=False))  # type: ignore[arg-type]
     trainer._freeze_except("warm")
-    found = trainer._unreached("warm", torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
+    found = trainer.replicas.unreached("warm", torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
     groups = trainer._groups()
     assert {name for name, params in groups.items() for p in params if any(p is q for q in found)} == unreached
     assert student.training  # the probe ran in eval mode and restored the mode

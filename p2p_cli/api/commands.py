@@ -59,7 +59,8 @@ def _train(workflow: Callable[..., Any], config: PathLike | None, overrides: dic
     rt = make_runtime(device, cfg.precision, cfg.channels_last)
     rep = for_rank(reporter(quiet, verbose), rt)
     rep.debug("resolved config:\n" + "\n".join(f"  {k}: {v}" for k, v in cfg.to_dict().items()))
-    run, result = workflow(cfg, workdir=Path(workdir), name=name or default_name(cfg), rt=rt, reporter=rep,
+    run_name = default_name(cfg) if name is None else name  # "" is a (refused) name, not "the default"
+    run, result = workflow(cfg, workdir=Path(workdir), name=run_name, rt=rt, reporter=rep,
                            overwrite=overwrite, resume=resume)
     return RunResult(run.path, result["test_acc"], result["seconds"], rt.is_main)
 

@@ -58,7 +58,7 @@ class AttackSettings:
     def check(self) -> None:
         if self.iters < 0 or self.adv_iters < 0:
             raise P2PError("--iters and --adv-iters must be ≥ 0")
-        check_sizes(self.top_k, self.images, self.batch_size)
+        check_sizes(self.top_k, self.images, self.batch_size, self.seed)
         if self.region not in REGIONS:
             raise P2PError(f"--region must be one of {', '.join(REGIONS)}; got '{self.region}'"
                            f"{did_you_mean(self.region, REGIONS)}")

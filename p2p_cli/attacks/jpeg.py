@@ -38,7 +38,7 @@ class JpegSettings:
     def check(self) -> None:
         if not 1 <= self.quality <= 100:
             raise P2PError(f"--quality is a JPEG quality in [1, 100], got {self.quality}")
-        check_sizes(self.top_k, self.images, self.batch_size)
+        check_sizes(self.top_k, self.images, self.batch_size, self.seed)
 
 
 def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

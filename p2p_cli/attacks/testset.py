@@ -12,12 +12,16 @@ from p2p_cli.attacks.pixels import forward_pixels, to_pixels
 from p2p_cli.data.images import ImageDataset
 from p2p_cli.data.index import DatasetIndex
 from p2p_cli.errors import P2PError
+from p2p_cli.io.config import SEED_MAX
 from p2p_cli.models.protopnet import ProtoPNet
 from p2p_cli.runtime.device import Runtime
 
 
-def check_sizes(top_k: int, images: int | None, batch_size: int) -> None:
-    """``--top-k``, ``--images`` (None: every test image) and ``--batch-size`` must be ≥ 1."""
+def check_sizes(top_k: int, images: int | None, batch_size: int, seed: int = 0) -> None:
+    """``--top-k``, ``--images`` (None: every test image) and ``--batch-size`` must be ≥ 1, ``--seed``
+    within [0, 2^32 − 1]."""
+    if not 0 <= seed <= SEED_MAX:
+        raise P2PError(f"--seed must be in [0, {SEED_MAX}], got {seed}")
     if top_k < 1:
         raise P2PError(f"--top-k must be ≥ 1, got {top_k}")
     if images is not None and images < 1:

@@ -12,7 +12,7 @@ import typer
 
 from p2p_cli import __version__
 from p2p_cli.cli.command import P2PCommand, P2PGroup
-from p2p_cli.errors import P2PError, P2PWarning
+from p2p_cli.errors import P2PError, P2PWarning, os_error_message
 
 app = typer.Typer(
     name="p2p",
@@ -100,6 +100,9 @@ def main() -> None:
     except P2PError as exc:
         typer.echo(f"error: {user_message(exc)}", err=True)
         sys.exit(2)
+    except OSError as exc:  # the file system's faults (disk full, read-only, permissions): one line
+        typer.echo(f"error: {os_error_message(exc)}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

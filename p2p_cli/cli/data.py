@@ -27,7 +27,7 @@ def synthesize_cmd(
     classes: Annotated[int, typer.Option("--classes", min=2, help="number of classes")] = 10,
     train_per_class: Annotated[int, typer.Option(min=1, help="training images per class")] = 100,
     test_per_class: Annotated[int, typer.Option(min=1, help="test images per class")] = 40,
-    image_size: Annotated[int, typer.Option(min=32, help="image side in pixels")] = 112,
+    image_size: Annotated[int, typer.Option(help="image side in pixels, 48-1024")] = 112,
     seed: Annotated[int, typer.Option(help="generator seed")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing folder")] = False,
     *,

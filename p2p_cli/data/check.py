@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from p2p_cli.data.images import error_reason
-from p2p_cli.data.index import DataError, DatasetIndex, Sample
+from p2p_cli.data.index import MIN_CLASSES, DataError, DatasetIndex, Sample
 from p2p_cli.data.readers import reader_for, scan_index
 from p2p_cli.errors import P2PError
 
@@ -82,7 +82,7 @@ def check_dataset(kind: str, root: str | os.PathLike | None, *,
         return [CheckRow("layout", "error", str(exc))]
     rows = [
         CheckRow("layout", "ok", f"{kind} layout at {index.root}"),
-        CheckRow("classes", "ok", f"{index.num_classes} classes"),
+        _classes_row(index),
         _count_row(index),
     ]
     for name in ("files", "empty classes"):
@@ -111,6 +111,13 @@ def _issue_row(name: str, issues: Sequence[Any]) -> CheckRow:
     shown = "; ".join(i.detail for i in issues[:MAX_EXAMPLES])
     more = f"; and {len(issues) - MAX_EXAMPLES} more" if len(issues) > MAX_EXAMPLES else ""
     return CheckRow(name, status, f"{len(issues)} problem(s): {shown}{more}")
+
+
+def _classes_row(index: DatasetIndex) -> CheckRow:
+    """Training needs :data:`~p2p_cli.data.index.MIN_CLASSES` classes: fewer is an error here too."""
+    if index.num_classes < MIN_CLASSES:
+        return CheckRow("classes", "error", f"{index.num_classes} class(es): training needs at least {MIN_CLASSES}")
+    return CheckRow("classes", "ok", f"{index.num_classes} classes")
 
 
 def _count_row(index: DatasetIndex) -> CheckRow:

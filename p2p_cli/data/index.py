@@ -96,6 +96,10 @@ class Sample:
     parts: tuple[Part, ...] | None = None
 
 
+MIN_CLASSES = 2
+"""The fewest classes a dataset must have to train on (``p2p data check`` applies the same rule)."""
+
+
 @dataclass
 class DatasetIndex:
     """Train/test samples of a dataset; labels index ``classes`` (0-based).

@@ -80,6 +80,12 @@ DEFAULT_PARAMS: dict[str, Any] = {
 # ----------------------------------------------------------------------------- writing
 
 
+BOUNDS: dict[str, tuple[int, int]] = {"num_classes": (2, 1000), "train_per_class": (1, 100_000),
+                                     "test_per_class": (1, 100_000), "image_size": (48, 1024), "seed": (0, 2**32 - 1)}
+"""Inclusive bounds of the integer options (the config's ``synthetic_*`` keys and ``p2p data
+synthesize``'s flags use the same)."""
+
+
 def normalize_params(**params: Any) -> dict[str, Any]:
     """Fill defaults and validate; unknown keys and bad values are :class:`P2PError`."""
     for key in params:
@@ -94,11 +100,10 @@ def normalize_params(**params: Any) -> dict[str, Any]:
             f"unknown synthetic preset '{out['preset']}'{did_you_mean(str(out['preset']), PRESETS)}; "
             f"choose from {', '.join(PRESETS)}"
         )
-    minimum = {"num_classes": 2, "train_per_class": 1, "test_per_class": 1, "image_size": 48, "seed": 0}
-    for key, low in minimum.items():
+    for key, (low, high) in BOUNDS.items():
         value = out[key]
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise P2PError(f"synthetic option {key}={value!r} must be an integer >= {low}")
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+            raise P2PError(f"synthetic option {key}={value!r} must be an integer in [{low}, {high}]")
         out[key] = int(value)
     slot_alphabets(out["num_classes"])  # raises for too many classes
     return out

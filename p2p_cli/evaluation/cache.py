@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ import torch
 
 import p2p_cli
 from p2p_cli.data.index import DatasetIndex, Sample
-from p2p_cli.errors import P2PError
+from p2p_cli.errors import P2PError, P2PWarning, os_error_message
 from p2p_cli.evaluation.activations import NOISE_CLIP, NOISE_STD, Activations, PartArgmax
 from p2p_cli.io.atomic import atomic_write_json
 from p2p_cli.io.checkpoint import decode_metadata, load_tensors, save_tensors
@@ -107,7 +108,17 @@ class ActivationCache:
 
     def save(self, key: dict[str, Any], kind: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         if self.enabled:
-            save_tensors(self.path(key, kind), tensors, {**meta, "key": key, "kind": kind})
+            self._best_effort(lambda: save_tensors(self.path(key, kind), tensors, {**meta, "key": key, "kind": kind}))
+
+    def _best_effort(self, write: Callable[[], None]) -> None:
+        """A cache is best effort: a write the file system refuses (read-only workdir, disk full,
+        permissions) turns the cache's writes off with one warning; the command goes on."""
+        try:
+            write()
+        except OSError as exc:
+            self.enabled = False
+            warnings.warn(P2PWarning(f"activation cache not written ({os_error_message(exc)}); "
+                                     "results are computed, not cached"), stacklevel=3)
 
     def load_json(self, name: str) -> dict[str, Any] | None:
         path = self.root / name
@@ -120,7 +131,7 @@ class ActivationCache:
 
     def save_json(self, name: str, obj: dict[str, Any]) -> None:
         if self.enabled:
-            atomic_write_json(self.root / name, obj)
+            self._best_effort(lambda: atomic_write_json(self.root / name, obj))
 
 
 def activations_metadata(act: Activations, *, name: str, weights: str, index: DatasetIndex, split: str,

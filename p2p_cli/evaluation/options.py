@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from p2p_cli.errors import P2PError, did_you_mean
+from p2p_cli.io.config import SEED_MAX
 
 __all__ = [
     "ALL_METRICS",
@@ -121,6 +122,9 @@ class EvalOptions:
             raise P2PError(f"--batch-size must be ≥ 1, got {self.batch_size}")
         if self.workers is not None and self.workers < 0:
             raise P2PError(f"--workers must be ≥ 0, got {self.workers}")
+        for flag, seed in (("--noise-seed", self.noise_seed), ("--seed", self.chance_seed)):
+            if not 0 <= seed <= SEED_MAX:
+                raise P2PError(f"{flag} must be in [0, {SEED_MAX}], got {seed}")
         if self.precision is not None and self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise P2PError(f"--precision must be auto, bf16, fp16 or fp32, got '{self.precision}'")
         if self.headline_tau is not None and (math.isnan(self.headline_tau) or self.headline_tau < 0):

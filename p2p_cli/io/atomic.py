@@ -24,8 +24,9 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Path], None]) -> Non
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        os.chmod(tmp_path, _file_mode(path))  # mkstemp makes 0600; give the file a normal file's mode
+        mode = _file_mode(path)
         writer(tmp_path)
+        os.chmod(tmp_path, mode)  # mkstemp makes 0600 (and a writer may recreate the file): a normal file's mode
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +24,18 @@ _OPT_PREFIX = "__optim__"
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
     """Atomically write ``tensors`` with JSON-encoded ``metadata`` values (non-str are JSON-dumped)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(plain, str(tmp), metadata=meta))
+    try:
+        atomic_write(path, lambda tmp: save_file(plain, str(tmp), metadata=meta))
+    except SafetensorError as exc:  # an I/O failure inside the Rust writer (disk full, …): an OSError
+        code = re.search(r"os error (\d+)", str(exc))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -111,3 +120,24 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             return decode_metadata(dict(fh.metadata() or {}))
     except (SafetensorError, OSError, ValueError, RuntimeError):
         raise P2PError(f"{path}: not a readable safetensors checkpoint") from None
+
+
+def check_tensors(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], source: str | Path) -> None:
+    """A one-line P2PError naming the first tensor of ``found`` (a file's) whose name, shape or dtype
+    differs from ``expected`` (an architecture's state dict, possibly on the meta device): missing,
+    unexpected, a wrong shape or a wrong dtype, with what was expected and what was found."""
+    for name, want in expected.items():
+        if name not in found:
+            raise P2PError(f"{source}: tensor '{name}' is missing (the architecture expects shape "
+                           f"{tuple(want.shape)})")
+    for name, got in found.items():
+        want = expected.get(name)
+        if want is None:
+            raise P2PError(f"{source}: unexpected tensor '{name}' (shape {tuple(got.shape)}) for the recorded "
+                           "architecture")
+        if tuple(got.shape) != tuple(want.shape):
+            raise P2PError(f"{source}: tensor '{name}' has shape {tuple(got.shape)}, the architecture expects "
+                           f"{tuple(want.shape)}")
+        if got.dtype != want.dtype:
+            raise P2PError(f"{source}: tensor '{name}' has dtype {str(got.dtype).removeprefix('torch.')}, the "
+                           f"architecture expects {str(want.dtype).removeprefix('torch.')}")

@@ -28,8 +28,14 @@ here, at the bottom of the import graph, so that the config schema and the CLI's
 them without importing the readers."""
 
 
-def _key(default: Any, help: str, *, minimum: float | None = None, choices: tuple[str, ...] = ()) -> Any:
-    return field(default=default, metadata={"help": help, "min": minimum, "choices": choices})
+SEED_MAX = 2**32 - 1
+"""Seeds live in [0, 2^32 − 1]: numpy's range, and every derived per-step seed stays an int64."""
+
+
+def _key(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
+         choices: tuple[str, ...] = ()) -> Any:
+    """A config field: its help, its bounds (inclusive) and its choices."""
+    return field(default=default, metadata={"help": help, "min": minimum, "max": maximum, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -39,31 +45,36 @@ class TrainConfig:
     # -- data ------------------------------------------------------------------------------
     dataset: str = _key("synthetic", "dataset kind", choices=DATASET_KINDS)
     data_root: str | None = _key(None, "dataset root (synthetic: generated into the cache when unset)")
-    image_size: int = _key(224, "input side in pixels", minimum=16)
+    image_size: int = _key(224, "input side in pixels", minimum=16, maximum=4096)
     crop_bbox: bool = _key(False, "crop CUB/Cars/synthetic images to their bounding boxes")
     augment: bool = _key(True, "online augmentation (rotate, skew, shear, elastic, flip)")
     augment_jpeg: float = _key(0.0, "probability of JPEG-compressing a training image at quality 20 "
                                "(robustness remedy; 0 = off)", minimum=0)
-    repeats: int = _key(1, "an epoch is this many passes over the base training images", minimum=1)
+    repeats: int = _key(1, "an epoch is this many passes over the base training images", minimum=1,
+                       maximum=10_000)
     cache_images: bool = _key(False, "keep decoded, resized images in memory (small datasets)")
-    workers: int = _key(2, "DataLoader worker processes", minimum=0)
+    workers: int = _key(2, "DataLoader worker processes", minimum=0, maximum=256)
     synthetic_preset: str = _key("easy", "synthetic data difficulty", choices=("easy", "hard"))
-    synthetic_classes: int = _key(10, "synthetic: number of classes", minimum=2)
-    synthetic_train_per_class: int = _key(100, "synthetic: training images per class", minimum=1)
-    synthetic_test_per_class: int = _key(40, "synthetic: test images per class", minimum=1)
-    synthetic_image_size: int = _key(112, "synthetic: generated image side", minimum=32)
-    synthetic_seed: int = _key(0, "synthetic: generator seed")
+    synthetic_classes: int = _key(10, "synthetic: number of classes", minimum=2, maximum=1000)
+    synthetic_train_per_class: int = _key(100, "synthetic: training images per class", minimum=1,
+                                          maximum=100_000)
+    synthetic_test_per_class: int = _key(40, "synthetic: test images per class", minimum=1,
+                                         maximum=100_000)
+    synthetic_image_size: int = _key(112, "synthetic: generated image side", minimum=48, maximum=1024)
+    synthetic_seed: int = _key(0, "synthetic: generator seed", minimum=0, maximum=SEED_MAX)
     # -- model -----------------------------------------------------------------------------
     arch: str = _key("protopnet", "prototypical architecture", choices=("protopnet", "prototree"))
     backbone: str = _key("resnet50", "backbone name from the registry (`p2p models`) or any timm CNN")
     pretrained: bool = _key(False, "start from timm's ImageNet weights (needs network access)")
     weights: str | None = _key(None, "local backbone weights: .safetensors, or .pth (weights only)")
-    feature_stride: int | None = _key(None, "stride of the tapped feature map (default: last stage, 32)")
-    prototype_depth: int | None = _key(None, "prototype depth D (default: 256 ResNet/DenseNet, 128 VGG)")
-    prototypes_per_class: int = _key(10, "prototypes per class", minimum=1)
+    feature_stride: int | None = _key(None, "stride of the tapped feature map (default: last stage, 32)",
+                                       minimum=1, maximum=64)
+    prototype_depth: int | None = _key(None, "prototype depth D (default: 256 ResNet/DenseNet, 128 VGG)",
+                                        minimum=1, maximum=8192)
+    prototypes_per_class: int = _key(10, "prototypes per class", minimum=1, maximum=1000)
     add_on: str | None = _key(None, "add-on type", choices=("regular", "bottleneck"))
     depth: int | None = _key(None, "prototree: tree depth (2^depth leaves, 2^depth − 1 prototypes; "
-                             "default ceil(log2 K) + 1, 9 for 200 classes)", minimum=1)
+                             "default ceil(log2 K) + 1, 9 for 200 classes)", minimum=1, maximum=16)
     leaf_update: str = _key("derivative-free", "prototree: leaves updated after every batch without "
                             "gradients (paper), or trained by gradient", choices=("derivative-free", "gradient"))
     log_probabilities: bool = _key(True, "prototree: routing in log space (numerically stable)")
@@ -73,18 +84,18 @@ class TrainConfig:
     prune_threshold: float = _key(0.01, "prototree: prune the subtrees whose leaves all have max probability "
                                   "≤ this", minimum=0)
     # -- schedule (ProtoPNet's warm → joint → push → last layer, Chen et al. 2019) ------------
-    epochs: int = _key(20, "warm + joint epochs", minimum=1)
+    epochs: int = _key(20, "warm + joint epochs", minimum=1, maximum=100_000)
     warm_epochs: int = _key(6, "warm-up epochs (backbone frozen unless warm_train_backbone)", minimum=0)
     warm_train_backbone: bool = _key(False, "also train the backbone in the warm stage (random init)")
     push_start: int | None = _key(12, "first push epoch (null: push only at the end)", minimum=0)
     push_every: int = _key(10, "push every N epochs after push_start", minimum=1)
-    last_layer_epochs: int = _key(10, "last-layer epochs after each push", minimum=0)
+    last_layer_epochs: int = _key(10, "last-layer epochs after each push", minimum=0, maximum=100_000)
     last_layer_data: str = _key("auto", "last-layer stage data: cached similarities of the un-augmented "
                                 "training images, or the augmented training loader (ProtoPNet and the "
                                 "Proto2Proto code); auto = augmented under fidelity reference, else cached",
                                 choices=("auto", "cached", "augmented"))
-    batch_size: int = _key(80, "training batch size (per process)", minimum=1)
-    test_batch_size: int = _key(100, "evaluation batch size", minimum=1)
+    batch_size: int = _key(80, "training batch size (per process)", minimum=1, maximum=65_536)
+    test_batch_size: int = _key(100, "evaluation batch size", minimum=1, maximum=65_536)
     lr_backbone: float = _key(2e-4, "joint-stage backbone learning rate", minimum=0)
     lr_add_on: float = _key(3e-3, "add-on learning rate", minimum=0)
     lr_prototypes: float = _key(3e-3, "prototype learning rate", minimum=0)
@@ -105,7 +116,7 @@ class TrainConfig:
     channels_last: bool = _key(True, "channels_last memory format for the backbone")
     compile: bool = _key(False, "torch.compile the backbone")
     deterministic: bool = _key(False, "deterministic algorithms (bit-identical reruns and resumes)")
-    seed: int = _key(0, "random seed")
+    seed: int = _key(0, "random seed", minimum=0, maximum=SEED_MAX)
     log: str = _key("none", "training curves: every run writes metrics.csv; tensorboard also writes TensorBoard "
                     "events to RUN/tensorboard/ (needs the tensorboard extra)", choices=("none", "tensorboard"))
     eval_every: int = _key(1, "measure test accuracy every N training epochs (always after a push and "
@@ -183,13 +194,19 @@ def coerce_value(key: str, value: Any) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             out = parse_number(value) if isinstance(value, str) else float(value)
+        elif isinstance(value, (dict, list, tuple, set)):
+            raise ValueError
         else:
             out = str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise P2PError(f"config key '{key}' expects {'a ' + kind.__name__}, got {value!r}") from None
-    minimum = fld.metadata.get("min")
-    if minimum is not None and isinstance(out, (int, float)) and (out < minimum or math.isnan(out)):
+    if isinstance(out, float) and not math.isfinite(out):
+        raise P2PError(f"config key '{key}' must be a finite number, got {out}")
+    minimum, maximum = fld.metadata.get("min"), fld.metadata.get("max")
+    if minimum is not None and isinstance(out, (int, float)) and out < minimum:
         raise P2PError(f"config key '{key}' must be ≥ {minimum}, got {out}")
+    if maximum is not None and isinstance(out, (int, float)) and out > maximum:
+        raise P2PError(f"config key '{key}' must be ≤ {maximum}, got {out}")
     choices = fld.metadata.get("choices")
     if choices and out not in choices:
         raise P2PError(f"config key '{key}' must be one of {', '.join(choices)}; got '{out}'"
@@ -202,14 +219,25 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise P2PError(f"config file not found: {path}")
+    data = parse_yaml_mapping(path)
+    return {} if data is None else data
+
+
+def parse_yaml_mapping(path: Path) -> dict[str, Any] | None:
+    """The YAML mapping in ``path`` (None when empty); a one-line P2PError when the file cannot
+    be read, is not UTF-8, is not YAML or is not a mapping."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise P2PError(f"{path}: not UTF-8 text (byte {exc.start}); save the config as UTF-8") from None
+    except OSError as exc:
+        raise P2PError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f":{line + 1}" if line is not None else ""
         raise P2PError(f"{path}{where}: not valid YAML") from None
     if data is None:
-        return {}
+        return None
     if not isinstance(data, dict):
         raise P2PError(f"{path}: expected a mapping of config keys at the top level")
     return data
@@ -266,6 +294,21 @@ def parse_milestones(text: str | None) -> list[int]:
 def config_from_dict(data: dict[str, Any], *, source: str) -> TrainConfig:
     """Rebuild a config saved in a run (ignores the run's bookkeeping keys)."""
     return build_config({k: v for k, v in data.items() if k in KEYS}, source=source)
+
+
+RESUME_FREE_KEYS = frozenset({"workers", "cache_images", "test_batch_size", "log", "compile"})
+"""Keys a resumed run may change: how data is loaded and logged, not what is trained."""
+
+
+def first_difference(old: TrainConfig, new: TrainConfig, *, ignore: frozenset[str] = frozenset()
+                     ) -> tuple[str, Any, Any] | None:
+    """The first key (schema order) whose value differs between ``old`` and ``new``, as
+    ``(key, old value, new value)``; None when they agree on every key outside ``ignore``."""
+    a, b = old.to_dict(), new.to_dict()
+    for key in a:
+        if key not in ignore and a[key] != b[key]:
+            return key, a[key], b[key]
+    return None
 
 
 def dump_config(cfg: TrainConfig) -> str:

@@ -6,20 +6,31 @@
 ```
 A run is never replaced without ``overwrite``; a REF is a run directory, its
 ``model.safetensors``, or a run name inside the workdir.
+
+Writing a run (:func:`open_run_dir`) takes the run's exclusive lock (:mod:`p2p_cli.io.runlock`).
+``overwrite`` never deletes the old run first: the new one is built beside it, in
+``WORKDIR/.NAME.overwrite/NAME``, and swapped into place only when it is finished
+(:meth:`RunWriter.commit`); a failed or killed new run leaves the old one byte-identical.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from p2p_cli.errors import P2PError, did_you_mean
 from p2p_cli.io.atomic import atomic_write_text
+from p2p_cli.io.config import parse_yaml_mapping
+from p2p_cli.io.runlock import RunLock
+
+MAX_NAME_BYTES = 120
+"""The longest run name, in UTF-8 bytes: room under the file system's 255 for the hidden siblings
+(``.NAME.overwrite``, ``.NAME.lock``) and the temporary files of atomic writes."""
 
 
 @dataclass(frozen=True)
@@ -62,11 +73,8 @@ class RunDir:
     def read_config(self) -> dict[str, Any]:
         if not self.config_path.is_file():
             raise P2PError(f"{self.path} is not a p2p run (no config.yaml)")
-        try:
-            data = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
-        except yaml.YAMLError:
-            raise P2PError(f"{self.config_path}: not valid YAML") from None
-        if not isinstance(data, dict):
+        data = parse_yaml_mapping(self.config_path)
+        if data is None:
             raise P2PError(f"{self.config_path}: expected a mapping")
         return data
 
@@ -80,15 +88,134 @@ class RunDir:
         return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
 
 
-def prepare_run(workdir: Path, name: str, *, overwrite: bool, resume: bool) -> RunDir:
-    """Create (or reopen for ``resume``) the run directory ``workdir/name``.
+def check_run_name(name: str) -> None:
+    """A one-line P2PError unless ``name`` can name a run directory inside the workdir: not empty,
+    no path separator, not hidden (``.``: p2p's own siblings), no control characters, valid
+    UTF-8, at most :data:`MAX_NAME_BYTES` bytes."""
+    if not name or not name.strip():
+        raise P2PError("the run name must not be empty")
+    if "/" in name or "\\" in name or name.startswith("."):
+        raise P2PError(f"invalid run name {name!r}: no '/', no '\\', and it may not start with '.'")
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
+        raise P2PError(f"invalid run name {name!r}: control characters or bytes that are not UTF-8")
+    size = len(name.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
+        raise P2PError(f"run name too long: {size} bytes (at most {MAX_NAME_BYTES})")
+
+
+@dataclass
+class RunWriter:
+    """A run being written by this process, under its lock.
+
+    ``run`` is where to write now: the run directory itself, or (``overwrite`` of an existing run)
+    a staging directory of the same name beside it. :meth:`commit` moves a staged run into place;
+    :meth:`abort` deletes it; both release the lock.
+    """
+
+    final: RunDir
+    run: RunDir
+    lock: RunLock | None
+
+    @property
+    def staged(self) -> bool:
+        return self.run.path != self.final.path
+
+    def commit(self) -> RunDir:
+        """Swap a staged run onto the final path (the old run is removed only now); release the lock."""
+        try:
+            if self.staged:
+                _swap_into_place(self.run.path, self.final.path)
+        finally:
+            self.release()
+        return self.final
+
+    def abort(self) -> None:
+        """Delete a staged run (the old one stays as it was); release the lock. An unstaged run
+        keeps its snapshot for ``--resume``."""
+        try:
+            if self.staged:
+                shutil.rmtree(self.run.path.parent, ignore_errors=True)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+
+def staging_path(final: Path) -> Path:
+    """Where ``overwrite`` builds the new run: ``WORKDIR/.NAME.overwrite/NAME``."""
+    return final.parent / f".{final.name}.overwrite" / final.name
+
+
+def open_run_dir(workdir: Path, name: str, *, overwrite: bool, resume: bool) -> RunWriter:
+    """Lock ``workdir/name`` for writing and say where to write (see :class:`RunWriter`).
+
+    One-line P2PErrors: an invalid name, a run held by another process (its pid), an existing
+    run without ``overwrite``/``resume``, ``resume`` without a snapshot, ``overwrite`` of a
+    directory that is not a p2p run. Leftovers of a killed writer (a staging directory, an
+    interrupted swap, temporary files of atomic writes) are cleaned under the lock.
+    """
+    check_run_name(name)
+    if Path(workdir).exists() and not Path(workdir).is_dir():
+        raise P2PError(f"--workdir '{workdir}' is a file, not a folder")
+    final = RunDir(Path(workdir) / name)
+    lock = RunLock(final.path).acquire()
+    try:
+        _clean_leftovers(final.path)
+        if resume:
+            prepare_run(Path(workdir), name, overwrite=False, resume=True)
+            return RunWriter(final, final, lock)
+        if final.path.exists() and overwrite:
+            prepare_run(Path(workdir), name, overwrite=False, resume=False, replace_check_only=True)
+            stage = staging_path(final.path)
+            stage.mkdir(parents=True)
+            return RunWriter(final, RunDir(stage), lock)
+        return RunWriter(final, prepare_run(Path(workdir), name, overwrite=overwrite, resume=False), lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _clean_leftovers(final: Path) -> None:
+    """Under the run's lock: undo a swap killed half-way (the old run comes back), drop a stale
+    staging directory, and delete temporary files of atomic writes inside the run."""
+    old = final.parent / f".{final.name}.old"
+    if old.is_dir():
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, final)
+    stage = staging_path(final).parent
+    if stage.exists():
+        shutil.rmtree(stage, ignore_errors=True)
+    if final.is_dir():
+        for tmp in final.rglob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def _swap_into_place(new: Path, final: Path) -> None:
+    """Replace the directory ``final`` by ``new`` with two renames; then delete the old run and
+    the staging folder. A kill between the renames is undone by :func:`_clean_leftovers`."""
+    old = final.parent / f".{final.name}.old"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(new.parent, ignore_errors=True)
+
+
+def prepare_run(workdir: Path, name: str, *, overwrite: bool, resume: bool,
+                replace_check_only: bool = False) -> RunDir:
+    """Create (or reopen for ``resume``) the run directory ``workdir/name``, without a lock
+    (writers of whole runs use :func:`open_run_dir`).
 
     Raises P2PError when the run exists and neither ``overwrite`` nor ``resume`` is given,
     when ``resume`` finds no snapshot, and when ``overwrite`` would delete a directory that
-    is not a p2p run.
+    is not a p2p run. ``replace_check_only``: only check that the existing directory may be
+    replaced (it is kept).
     """
-    if not name or "/" in name or name in (".", ".."):
-        raise P2PError(f"invalid run name {name!r}")
+    check_run_name(name)
     run = RunDir(Path(workdir) / name)
     if resume:
         if not run.snapshot_path.is_file():
@@ -96,12 +223,16 @@ def prepare_run(workdir: Path, name: str, *, overwrite: bool, resume: bool) -> R
                 raise P2PError(f"run '{run.path}' already finished; nothing to resume")
             raise P2PError(f"no snapshot to resume in '{run.path}' (expected {run.snapshot_path})")
         return run
+    if run.path.exists() and not run.path.is_dir():
+        raise P2PError(f"'{run.path}' exists and is not a run directory (a file); choose another --name")
     if run.path.exists():
-        if not overwrite:
+        if not (overwrite or replace_check_only):
             raise P2PError(f"run '{run.path}' already exists; pass --overwrite to replace it "
                            "or --resume to continue it")
         if not (run.config_path.exists() or run.checkpoints.exists()) and any(run.path.iterdir()):
             raise P2PError(f"refusing to overwrite '{run.path}': it is not a p2p run directory")
+        if replace_check_only:
+            return run
         shutil.rmtree(run.path)
     run.path.mkdir(parents=True)
     return run

@@ -14,11 +14,12 @@ from torch.overrides import TorchFunctionMode
 
 import p2p_cli
 from p2p_cli.errors import P2PError
-from p2p_cli.io.checkpoint import decode_metadata, load_tensors, save_tensors, split_model_tensors
+from p2p_cli.io.checkpoint import check_tensors, decode_metadata, load_tensors, save_tensors, split_model_tensors
 from p2p_cli.io.config import TrainConfig
 from p2p_cli.models.backbones import load_backbone_weights
 from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig, PrototypeNetwork
 from p2p_cli.models.prototree import ProtoTree, ProtoTreeConfig
+from p2p_cli.models.validation import check_model_config, check_structure
 from p2p_cli.runtime.device import Runtime
 
 ARCHITECTURES: dict[str, tuple[type[PrototypeNetwork], type]] = {
@@ -64,7 +65,11 @@ def model_metadata(model: ProtoPNet, *, stage: str, class_names: list[str], extr
 
 def save_model(path: Path, model: ProtoPNet, *, stage: str, class_names: list[str],
                extra: dict[str, Any] | None = None) -> None:
-    save_tensors(path, model.state_dict(), model_metadata(model, stage=stage, class_names=class_names, extra=extra))
+    state = model.state_dict()
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:  # a NaN model never becomes a finished run
+        raise P2PError(f"{path}: not saved: tensor '{bad}' holds NaN/inf (training diverged; lower the learning rates)")
+    save_tensors(path, state, model_metadata(model, stage=stage, class_names=class_names, extra=extra))
 
 
 def build_from_metadata(meta: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> ProtoPNet:
@@ -101,23 +106,44 @@ def _skeleton(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ProtoPN
         return None
 
 
-def load_model(path: Path) -> tuple[ProtoPNet, dict[str, Any]]:
-    """Load a model file (or a training snapshot) written by p2p; returns (model in eval mode, metadata)."""
-    tensors, raw = load_tensors(path)
-    meta = decode_metadata(raw)
+def check_checkpoint(meta: dict[str, Any], tensors: dict[str, torch.Tensor], path: Path | str) -> None:
+    """Validate an untrusted checkpoint's metadata before anything is built from it: a p2p model,
+    a known architecture, a sane ``model_config`` and shape-fixing tensors that agree with it
+    (:mod:`p2p_cli.models.validation`), recorded class names as strings. One line per problem."""
     if meta.get("format") != "p2p-model":
         raise P2PError(f"{path}: a safetensors file, but not a p2p model (no p2p metadata)")
+    arch = meta.get("arch")
+    if arch not in ARCHITECTURES:
+        raise P2PError(f"{path}: unsupported architecture {arch!r} in checkpoint (choose {', '.join(ARCHITECTURES)})")
+    config = check_model_config(ARCHITECTURES[arch][1], arch, meta.get("model_config"), path)
+    names = meta.get("class_names")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise P2PError(f"{path}: metadata 'class_names' is not a list of strings")
+    check_structure(arch, config, tensors, path)
+
+
+def load_model(path: Path) -> tuple[ProtoPNet, dict[str, Any]]:
+    """Load a model file (or a training snapshot) written by p2p; returns (model in eval mode, metadata).
+
+    The file is untrusted: its metadata is checked first (:func:`check_checkpoint`), then every
+    tensor's name, shape and dtype against the architecture (built without memory on the meta
+    device), each mismatch a one-line P2PError naming the tensor."""
+    tensors, raw = load_tensors(path)
+    meta = decode_metadata(raw)
     tensors = split_model_tensors(tensors)
+    check_checkpoint(meta, tensors, path)
     model = _skeleton(meta, tensors)
     if model is not None:  # no random init: every parameter and buffer comes from the file
-        missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
-        if not missing and any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        check_tensors(model.state_dict(), tensors, path)
+        model.load_state_dict(tensors, strict=True, assign=True)
+        if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
             model = None  # a tensor outside the state dict: build normally
     if model is None:
-        model = build_from_metadata(meta, tensors)
-        missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        what = f"missing '{missing[0]}'" if missing else f"unexpected '{unexpected[0]}'"
-        raise P2PError(f"{path}: weights do not fit the recorded architecture ({what})")
+        try:
+            model = build_from_metadata(meta, tensors)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise P2PError(f"{path}: the recorded architecture cannot be built ({str(exc).splitlines()[0]})") from None
+        check_tensors(model.state_dict(), tensors, path)
+        model.load_state_dict(tensors, strict=True)
     model.eval()
     return model, meta

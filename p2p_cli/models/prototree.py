@@ -20,7 +20,7 @@ matrix product: ``log π = R·log p + Lm·log(1 − p)`` (R, Lm the ±1 indicato
 Leaves: ``leaf_params`` c (L, K), σ(c_ℓ) = softmax(c_ℓ) in both modes. ``leaf_update="gradient"``:
 c ~ N(0, 1), trained by backprop. ``"derivative-free"`` (the paper's default): c starts at zero
 (every leaf uniform) and is updated after every optimizer step by :meth:`ProtoTree.update_leaves`
-(no gradients; Nauta et al. 2021, their derivative-free leaf update as their public code applies it). Pruning
+(no gradients: the paper's derivative-free update, as their public code applies it). Pruning
 (:meth:`ProtoTree.prune_`) removes the subtrees whose leaves all have max σ ≤ τ.
 """
 
@@ -255,9 +255,10 @@ class ProtoTree(PrototypeNetwork):
     def leaf_statistics(self, min_distances: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The batch's update term (L, K): ``u_ℓ = Σ_b π_ℓ(x_b) · σ_ℓ ⊙ y_b / ŷ(x_b)``.
 
-        Nauta et al. 2021, derivative-free leaf update (after Kontschieder et al. 2015), y_b one-hot: only the label's
-        entry is non-zero, ``u_ℓ,k = Σ_b [y_b = k] · π_ℓ(x_b)·σ_ℓ,k / ŷ_k(x_b)``, and each image's
-        entries sum to 1 over the leaves (it is the posterior that leaf ℓ explained image b).
+        Nauta et al. 2021's derivative-free update (after Kontschieder et al. 2015). With y_b
+        one-hot only the label's entry is non-zero,
+        ``u_ℓ,k = Σ_b [y_b = k] · π_ℓ(x_b)·σ_ℓ,k / ŷ_k(x_b)``, and each image's entries sum to 1
+        over the leaves (it is the posterior that leaf ℓ explained image b).
         min_distances: (B, m) Euclidean; labels: (B,)."""
         log_dist = self.log_leaf_distributions().to(min_distances.device)  # (L, K)
         log_pi = self.log_path_probabilities(min_distances)  # (B, L)
@@ -273,8 +274,8 @@ class ProtoTree(PrototypeNetwork):
 
     @torch.no_grad()
     def update_leaves(self, statistics: torch.Tensor, batches: int) -> None:
-        """The derivative-free step after an optimizer step (Nauta et al. 2021, derivative-free leaf update, as their
-        public code runs it within an epoch):
+        """Nauta et al. 2021's derivative-free step after an optimizer step, as their public code
+        runs it within an epoch:
 
         ``c ← max(c − c_start / n_batches, 0) + u``, with c_start the parameters at the start of
         the epoch (:meth:`begin_leaf_epoch`), n_batches the batches per epoch and u (L, K) the

@@ -70,5 +70,5 @@ def get_backbone_spec(name: str) -> BackboneSpec:
     known = list(_REGISTRY) + timm.list_models()
     raise P2PError(
         f"unknown backbone '{name}'{did_you_mean(name, known)}; registered: "
-        f"{', '.join(_REGISTRY)} (or any timm CNN name, see `p2p models --all`)"
+        f"{', '.join(_REGISTRY)} (or any timm CNN name, see `p2p models --timm PATTERN`)"
     )

@@ -175,7 +175,7 @@ class ProtoTreeRecipe(Recipe):
 
     def after_batch(self, model: nn.Module, out: ProtoOutput, labels: torch.Tensor, batches: int, rt: Runtime,
                     *, head_frozen: bool) -> None:
-        """The derivative-free leaf update after every optimizer step (Nauta et al. 2021, derivative-free leaf update):
+        """Nauta et al. 2021's derivative-free leaf update, after every optimizer step as in their code:
         ``c ← max(c − c_epoch-start / batches, 0) + u`` with u (L, K) the batch's summed
         responsibilities (:meth:`ProtoTree.update_leaves`), from the same forward pass as the
         loss; under torch.distributed u is summed over the ranks (one global batch). Nothing for

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from p2p_cli.errors import P2PError
 from p2p_cli.io.checkpoint import flatten_optimizer, load_tensors, save_tensors, unflatten_optimizer
 from p2p_cli.models.factory import model_metadata
 
@@ -65,10 +66,15 @@ def save_snapshot(path: Path, model: nn.Module, extra: nn.Module, optimizers: di
 def read_snapshot(path: Path) -> Snapshot:
     """Read a snapshot written by :func:`save_snapshot` (one-line P2PError if unreadable)."""
     tensors, raw = load_tensors(path)
-    snap = json.loads(raw["snapshot"])
-    model_t = {k: v for k, v in tensors.items() if not k.startswith("__")}
-    extra_t = {k[len(_EXTRA):]: v for k, v in tensors.items() if k.startswith(_EXTRA)}
-    optimizers = {name: unflatten_optimizer(name, tensors, meta) for name, meta in snap["optimizers"].items()}
-    state = TrainState(step=snap["step"], records=snap["records"], prototypes=snap["prototypes"],
-                       grid=snap.get("grid"))
+    try:
+        snap = json.loads(raw["snapshot"])
+        model_t = {k: v for k, v in tensors.items() if not k.startswith("__")}
+        extra_t = {k[len(_EXTRA):]: v for k, v in tensors.items() if k.startswith(_EXTRA)}
+        optimizers = {name: unflatten_optimizer(name, tensors, meta) for name, meta in snap["optimizers"].items()}
+        if not isinstance(snap["step"], int) or isinstance(snap["step"], bool) or snap["step"] < 0:
+            raise ValueError(f"step {snap['step']!r}")
+        state = TrainState(step=snap["step"], records=list(snap["records"]), prototypes=list(snap["prototypes"]),
+                           grid=snap.get("grid"))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise P2PError(f"{path}: not a p2p training snapshot ({type(exc).__name__}: {exc})") from None
     return Snapshot(model_t, extra_t, optimizers, snap.get("scaler"), state)

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from p2p_cli.data.loaders import DataBundle, eval_loader, train_loader
+from p2p_cli.errors import P2PError
 from p2p_cli.io.atomic import atomic_write_json
 from p2p_cli.io.config import TrainConfig
 from p2p_cli.io.metrics_log import RunLogs, lr_fields
@@ -29,14 +30,16 @@ from p2p_cli.io.rundir import RunDir
 from p2p_cli.models.factory import save_model
 from p2p_cli.models.protopnet import PrototypeNetwork, log_similarity
 from p2p_cli.runtime.device import Runtime
-from p2p_cli.runtime.distributed import TrainedModules, all_reduce_sum, barrier, loss_weight, wrap_ddp
+from p2p_cli.runtime.distributed import all_reduce_sum, barrier, loss_weight
 from p2p_cli.runtime.reporter import Reporter
 from p2p_cli.runtime.seeding import seed_everything
+from p2p_cli.training.guard import DivergenceWatch, check_grad_norm, check_parameters, check_terms
 from p2p_cli.training.last_layer import fit_last_layer, last_layer_terms
 from p2p_cli.training.passes import min_distance_pass
 from p2p_cli.training.provenance import provenance_records, summarize
 from p2p_cli.training.push import push_prototypes
 from p2p_cli.training.recipes import recipe_for
+from p2p_cli.training.replicas import StageReplicas
 from p2p_cli.training.schedule import Step, group_lr, last_layer_data
 from p2p_cli.training.snapshot import TrainState, read_snapshot, save_snapshot
 
@@ -70,8 +73,8 @@ class Trainer:
         self.logs: RunLogs | None = None
         self.steps = self.recipe.plan(cfg)
         self.scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
-        self._ddp: nn.Module | None = None  # the DDP wrapper of the current stage (see _replica)
-        self._ddp_stage = ""
+        self.replicas = StageReplicas(model, self.extra, objective, rt)  # DDP wrappers per stage
+        self.watch = DivergenceWatch()
 
     # -- optimisation -------------------------------------------------------------------------
     def _groups(self) -> dict[str, list[nn.Parameter]]:
@@ -105,55 +108,6 @@ class Trainer:
             for p in params:
                 p.requires_grad_(name in trained)
 
-    def _replica(self, stage: str, images: torch.Tensor, labels: torch.Tensor) -> nn.Module:
-        """What the training forward pass runs: the model, or under torch.distributed the model
-        and the objective's extra modules wrapped in DistributedDataParallel.
-
-        DDP registers the parameters that require gradients when it is built and then waits, every
-        step, for a gradient of each. So the wrapper is rebuilt whenever the trained set changes
-        (at a stage change, and after a push, a last-layer or a pruning step: a pruned tree has new
-        parameters), and it registers only what the stage's loss reaches: a trained group the loss
-        never touches (a FitNets hint in the warm stage does not reach the prototypes) gets no
-        gradient in one process either. That set is found once per wrapper with
-        ``torch.autograd.grad`` on the first batch (``images`` (B, 3, S, S), ``labels`` (B,)), in
-        eval mode so that BatchNorm statistics do not move. Re-wrapping costs one broadcast of the
-        parameters per stage; the alternative, one wrapper over every parameter with
-        ``find_unused_parameters=True``, searches the autograd graph after every forward pass
-        (docs/scaling.md compares the two).
-        """
-        if not self.rt.distributed:
-            return self.model
-        if self._ddp is None or self._ddp_stage != stage:
-            self._ddp = None  # drop the old wrapper (and its gradient hooks) first
-            unreached = self._unreached(stage, images, labels)
-            for p in unreached:
-                p.requires_grad_(False)
-            try:
-                self._ddp = wrap_ddp(TrainedModules(self.model, self.extra), self.rt)
-            finally:
-                for p in unreached:
-                    p.requires_grad_(True)
-            self._ddp_stage = stage
-        return self._ddp
-
-    def _unreached(self, stage: str, images: torch.Tensor, labels: torch.Tensor) -> list[nn.Parameter]:
-        """The trainable parameters the loss of ``stage`` does not depend on (one probe batch)."""
-        params = [p for p in list(self.model.parameters()) + list(self.extra.parameters()) if p.requires_grad]
-        modes = [m.training for m in (self.model, self.extra)]
-        self.model.eval()
-        self.extra.eval()
-        try:
-            with self.rt.autocast():
-                out = self.model(images)
-            total = self.objective.loss(self.model, out, images, labels, stage)["total"]
-            if not total.requires_grad:
-                return params
-            grads = torch.autograd.grad(total, params, allow_unused=True)
-        finally:
-            self.model.train(modes[0])
-            self.extra.train(modes[1])
-        return [p for p, g in zip(params, grads, strict=True) if g is None]
-
     # -- the schedule -------------------------------------------------------------------------
     def fit(self, *, resume: bool = False) -> TrainState:
         """Run the remaining steps (all of them, or those after the snapshot with ``resume``),
@@ -165,15 +119,22 @@ class Trainer:
             self.logs = RunLogs(self.run.path, tensorboard=self.cfg.log == "tensorboard",
                                 start=len(self.state.records))
         stage_rows: list[dict[str, Any]] = []
+        for row in self.state.records[:1]:  # a resumed run compares with its own first epoch
+            if "total" in row:
+                self.watch.update(float(row["total"]), "")
         for i in range(self.state.step, len(self.steps)):
             step = self.steps[i]
             seed_everything(self.cfg.seed * 100_003 + i)
             t0 = time.perf_counter()
             rows = self._run(step, i)
             if step.kind != "epoch":
-                self._ddp = None  # a push, last layer or pruning step: re-wrap for the next epoch
+                self.replicas.reset()  # a push, last layer or pruning step: re-wrap for the next epoch
             for r in rows:
                 r.setdefault("seconds", round(time.perf_counter() - t0, 2))
+            where = f"step {i + 1}/{len(self.steps)} ({step.stage}, epoch {step.epoch + 1})"
+            check_parameters({"": self.model, "extra.": self.extra}, where)  # never snapshot NaN weights
+            for row in rows if step.kind == "last_layer" else []:  # the epochs' batches are watched as they go
+                self.watch.update(float(row.get("total", 0.0)), where)
             self.state.records.extend(rows)
             stage_rows.extend(rows)
             nxt = self.steps[i + 1] if i + 1 < len(self.steps) else None
@@ -234,24 +195,30 @@ class Trainer:
             loader.sampler.set_epoch(sampler_epoch)
         replica: nn.Module | None = None if opt is not None else model
         global_sizes = loader.batch_sampler.global_sizes()
+        trainable = [p for g in opt.param_groups for p in g["params"]] if opt else []
         sums: dict[str, float] = defaultdict(float)
         correct = seen = 0
         self.recipe.before_epoch(model, head_frozen=self.head_frozen)
         with self.reporter.task(title, len(loader)) as advance:
-            for batch_index, (images, labels, _) in enumerate(loader):
+            for batch, (images, labels, _) in enumerate(loader):
                 images = rt.images(self.data.augment(images.to(rt.device, non_blocking=True), augment_rng))
                 labels = labels.to(rt.device)
                 if self.adversary is not None:  # robustness remedy: train on adversarial examples
                     images = self.adversary(model, images, labels)
                 if replica is None:
-                    replica = self._replica(step.stage, images, labels)
+                    replica = self.replicas.get(step.stage, images, labels)
                 with rt.autocast():
                     out = replica(images)
                 terms = loss(out, images, labels)
+                where = f"step {self.state.step + 1}/{len(self.steps)} ({step.stage}, epoch {step.epoch + 1}, " \
+                        f"batch {batch + 1})"
+                check_terms(terms, where)
                 if opt is not None:
                     opt.zero_grad(set_to_none=True)
-                    weight = loss_weight(len(labels), global_sizes[batch_index], rt)  # DDP averages: see there
+                    weight = loss_weight(len(labels), global_sizes[batch], rt)  # DDP averages: see there
                     self.scaler.scale(terms["total"] * weight).backward()
+                    if not self.scaler.is_enabled():  # fp16's scaler skips non-finite steps by design
+                        check_grad_norm(trainable, where)
                     self.scaler.step(opt)
                     self.scaler.update()
                 if step.kind == "epoch":
@@ -259,6 +226,7 @@ class Trainer:
                 n = len(labels)
                 for k, v in terms.items():
                     sums[k] += float(v.detach()) * n
+                self.watch.update(float(terms["total"].detach()), where)
                 correct += int((out.logits.detach().argmax(1) == labels).sum())
                 seen += n
                 advance(loss=sums["total"] / seen, acc=correct / seen)
@@ -352,13 +320,19 @@ class Trainer:
     def _load_snapshot(self) -> None:
         assert self.run is not None
         snap = read_snapshot(self.run.snapshot_path)
-        self.model.load_state_dict(snap.model)  # first: a pruned tree's parameters take new shapes
-        if snap.extra:
-            self.extra.load_state_dict(snap.extra)
-        for name, state in snap.optimizers.items():  # bound to the loaded parameters
-            opt = self.optimizer(name)
-            assert opt is not None
-            opt.load_state_dict(state)
+        try:
+            self.model.load_state_dict(snap.model)  # first: a pruned tree's parameters take new shapes
+            if snap.extra:
+                self.extra.load_state_dict(snap.extra)
+            for name, state in snap.optimizers.items():  # bound to the loaded parameters
+                opt = self.optimizer(name)
+                if opt is None:
+                    raise ValueError(f"optimizer '{name}' of the snapshot trains nothing here")
+                opt.load_state_dict(state)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()
+            raise P2PError(f"{self.run.snapshot_path}: the snapshot does not fit this run's model "
+                           f"({first[-1].strip() if first else type(exc).__name__})") from None
         if snap.scaler:
             self.scaler.load_state_dict(snap.scaler)
         self.state = snap.state
@@ -369,13 +343,14 @@ class Trainer:
         last = self.state.records[-1] if self.state.records else {}
         extra = dict(self.metadata)
         extra["test_acc"] = last.get("test_acc")
-        save_model(self.run.model_path, self.model, stage="final", class_names=self.data.classes, extra=extra)
         atomic_write_json(self.run.prototypes_path, {"grid": self.state.grid, "image_size": self.cfg.image_size,
                                                      "prototypes": self.state.prototypes})
         self.run.write_metrics(self.state.records)
         if self.logs is not None:
             self.logs.update(self.state.records)
             self.logs.close()
+        # the weights last: a run is finished once model.safetensors exists (RunDir.is_complete)
+        save_model(self.run.model_path, self.model, stage="final", class_names=self.data.classes, extra=extra)
         write_model_card(self.run.path)
         self.run.snapshot_path.unlink(missing_ok=True)
 

@@ -108,19 +108,20 @@ def distill(cfg: TrainConfig, *, workdir: Path, name: str, rt: Runtime, reporter
         objective = DistillObjective(cfg, teacher, method, rt, student)
     teacher_info = {"name": loaded.run.name, "path": str(loaded.run.path.resolve()), "weights_hash": loaded.weights,
                     "backbone": teacher.config.backbone}
-    run = open_run(workdir, name, rt, overwrite=overwrite, resume=resume)
-    if rt.is_main and not resume:
-        write_run_config(run, cfg, "distill", {"teacher_run": teacher_info})
-        write_environment(run, rt)
-    reporter.info(f"[bold]distill[/] {name}: {teacher.config.backbone} ({loaded.run.name}) → {cfg.backbone}, "
-                  f"method {cfg.method}, head {head}, fidelity {cfg.fidelity}; {student.num_prototypes} "
-                  f"prototypes × D={student.prototype_depth}, device {rt.device}")
-    trainer = Trainer(cfg, student, objective, data, rt, run, reporter, head_frozen=head_frozen,
-                      metadata={"role": "student", "teacher": teacher_info, "method": cfg.method,
-                                "head": head, "fidelity": cfg.fidelity},
-                      adversary=training_adversary(cfg, rt))
-    state = trainer.fit(resume=resume)
-    if weights_hash(teacher.state_dict()) != loaded.weights:
-        raise RuntimeError("the teacher's weights changed during distillation")  # a bug, never a user error
+    with open_run(workdir, name, rt, overwrite=overwrite, resume=resume, config=cfg) as opened:
+        run = opened.run
+        if rt.is_main and not resume:
+            write_run_config(run, cfg, "distill", {"teacher_run": teacher_info})
+            write_environment(run, rt)
+        reporter.info(f"[bold]distill[/] {name}: {teacher.config.backbone} ({loaded.run.name}) → {cfg.backbone}, "
+                      f"method {cfg.method}, head {head}, fidelity {cfg.fidelity}; {student.num_prototypes} "
+                      f"prototypes × D={student.prototype_depth}, device {rt.device}")
+        trainer = Trainer(cfg, student, objective, data, rt, run, reporter, head_frozen=head_frozen,
+                          metadata={"role": "student", "teacher": teacher_info, "method": cfg.method,
+                                    "head": head, "fidelity": cfg.fidelity},
+                          adversary=training_adversary(cfg, rt))
+        state = trainer.fit(resume=resume)
+        if weights_hash(teacher.state_dict()) != loaded.weights:
+            raise RuntimeError("the teacher's weights changed during distillation")  # a bug, never a user error
     last = state.records[-1] if state.records else {}
-    return run, {"test_acc": last.get("test_acc"), "seconds": time.perf_counter() - t0}
+    return opened.final, {"test_acc": last.get("test_acc"), "seconds": time.perf_counter() - t0}

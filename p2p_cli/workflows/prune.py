@@ -68,7 +68,6 @@ def prune(ref: str, *, workdir: Path, name: str | None, opts: PruneOptions, rt: 
     reporter.info(f"[bold]prune[/] {source.name} → {name}: {opts.method}, {model.num_prototypes} prototypes"
                   + (f" → {opts.target}" if opts.target else "") + f", device {rt.device}")
     result = prune_model(model, data, cfg, opts, rt, reporter, adversary=training_adversary(cfg, rt))
-    run = open_run(workdir, name, rt, overwrite=overwrite, resume=False)  # created only once there is a result
     record = {"source": {"name": source.name, "path": str(source.path.resolve()), "weights_hash": source_hash},
               "method": opts.method, "target": opts.target if opts.method == "protopshare" else None,
               "distance": opts.distance if opts.method == "protopshare" else None,
@@ -80,18 +79,22 @@ def prune(ref: str, *, workdir: Path, name: str | None, opts: PruneOptions, rt: 
         record.update(knn_k=opts.knn_k, knn_min=opts.knn_min, removed=result.removed)
     if src_cfg.get("pruning"):
         record["previous"] = src_cfg["pruning"]
-    if rt.is_main:
-        extra_cfg = {k: v for k, v in src_cfg.items() if k == "teacher_run"}
-        write_run_config(run, cfg, "prune", {**extra_cfg, "pruning": record})
-        write_environment(run, rt)
-        extra = {k: v for k, v in meta.items() if k not in _OWN_META}
-        extra.update(test_acc=result.test_acc_after, pruning=record)
-        save_model(run.model_path, result.model, stage="final", class_names=data.classes, extra=extra)
-        atomic_write_json(run.prototypes_path, prototype_records(source, result, data.classes))
-        run.write_metrics(result.rounds)
-        write_metrics_csv(run.path / METRICS_CSV, result.rounds)
-        write_model_card(run.path)
+    # the run is created only once there is a result
+    with open_run(workdir, name, rt, overwrite=overwrite, resume=False) as opened:
+        run = opened.run
+        if rt.is_main:
+            extra_cfg = {k: v for k, v in src_cfg.items() if k == "teacher_run"}
+            write_run_config(run, cfg, "prune", {**extra_cfg, "pruning": record})
+            write_environment(run, rt)
+            extra = {k: v for k, v in meta.items() if k not in _OWN_META}
+            extra.update(test_acc=result.test_acc_after, pruning=record)
+            save_model(run.model_path, result.model, stage="final", class_names=data.classes, extra=extra)
+            atomic_write_json(run.prototypes_path, prototype_records(source, result, data.classes))
+            run.write_metrics(result.rounds)
+            write_metrics_csv(run.path / METRICS_CSV, result.rounds)
+            write_model_card(run.path)
     barrier(rt)  # every rank returns once rank 0 has written the pruned run
+    run = opened.final
     summary = summarize(result, source, run, data.classes, model.class_identity, opts)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return run, summary

@@ -33,7 +33,7 @@ from p2p_cli.data.transforms import eval_transform
 from p2p_cli.errors import P2PError
 from p2p_cli.io.atomic import atomic_write_json
 from p2p_cli.io.config import TrainConfig, with_overrides
-from p2p_cli.io.rundir import RunDir, prepare_run
+from p2p_cli.io.rundir import RunDir, open_run_dir
 from p2p_cli.models.factory import save_model
 from p2p_cli.models.maps import upsampled_similarity
 from p2p_cli.models.protopnet import ProtoPNet
@@ -129,31 +129,43 @@ def push_run(req: PushRequest, reporter: Reporter) -> dict[str, Any]:
     if not rt.is_main:
         barrier(rt)  # return once rank 0 has written the result (a next command reads it)
         return summary
-    if moved or target.path != run.path:
-        test_ds = ImageDataset(index.test, eval_transform(cfg.image_size), image_size=cfg.image_size,
-                               crop_bbox=cfg.crop_bbox)
-        summary["test_acc"] = accuracy(model, test_ds, cfg, rt, reporter)
-        extra = {k: v for k, v in meta.items() if k not in ("format", "arch", "stage", "p2p_version", "model_config",
-                                                              "class_names", "num_prototypes")}
-        extra.update(test_acc=summary["test_acc"], pushed_by="push-prototypes", pushed_from=str(run.path))
-        if target.path != run.path:
-            target = prepare_run(Path(req.workdir), str(req.name), overwrite=req.overwrite, resume=False)
-            data = {k: v for k, v in loaded.config_raw.items() if k not in cfg.to_dict()}
-            data.pop("schema_version", None)
-            data.pop("p2p_version", None)
-            data.pop("command", None)
-            data.pop("argv", None)
-            write_run_config(target, cfg, "push-prototypes", {**data, "pushed_from": str(run.path)})
-            if run.metrics_path.is_file():
-                shutil.copyfile(run.metrics_path, target.metrics_path)
-        save_model(target.model_path, model, stage="final", class_names=index.classes, extra=extra)
-    _keep_merge_records(records, run)
-    atomic_write_json(target.prototypes_path, {"grid": list(result.grid), "image_size": cfg.image_size,
-                                               "prototypes": records})
-    if req.save_images:
-        with reporter.task("prototype images", len(records)) as advance:
-            summary["images"] = str(save_prototype_images(target.path / "prototypes", result, records, push_ds,
-                                                          progress=advance))
+    # a new run (--name) is written beside an old one of that name and swapped in when complete
+    writer = open_run_dir(Path(req.workdir), str(req.name), overwrite=req.overwrite, resume=False) \
+        if target.path != run.path else None
+    try:
+        target = writer.run if writer is not None else target
+        if moved or target.path != run.path:
+            test_ds = ImageDataset(index.test, eval_transform(cfg.image_size), image_size=cfg.image_size,
+                                   crop_bbox=cfg.crop_bbox)
+            summary["test_acc"] = accuracy(model, test_ds, cfg, rt, reporter)
+            own = ("format", "arch", "stage", "p2p_version", "model_config", "class_names", "num_prototypes")
+            extra = {k: v for k, v in meta.items() if k not in own}
+            extra.update(test_acc=summary["test_acc"], pushed_by="push-prototypes", pushed_from=str(run.path))
+            if writer is not None:
+                data = {k: v for k, v in loaded.config_raw.items() if k not in cfg.to_dict()}
+                data.pop("schema_version", None)
+                data.pop("p2p_version", None)
+                data.pop("command", None)
+                data.pop("argv", None)
+                write_run_config(target, cfg, "push-prototypes", {**data, "pushed_from": str(run.path)})
+                if run.metrics_path.is_file():
+                    shutil.copyfile(run.metrics_path, target.metrics_path)
+            save_model(target.model_path, model, stage="final", class_names=index.classes, extra=extra)
+        _keep_merge_records(records, run)
+        atomic_write_json(target.prototypes_path, {"grid": list(result.grid), "image_size": cfg.image_size,
+                                                   "prototypes": records})
+        if req.save_images:
+            with reporter.task("prototype images", len(records)) as advance:
+                summary["images"] = str(save_prototype_images(target.path / "prototypes", result, records, push_ds,
+                                                              progress=advance))
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if writer is not None:
+        writer.commit()
+        if "images" in summary:
+            summary["images"] = str(writer.final.path / Path(summary["images"]).relative_to(writer.run.path))
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     barrier(rt)
     return summary

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from p2p_cli.data.index import MIN_CLASSES
 from p2p_cli.data.loaders import build_datasets
 from p2p_cli.errors import P2PError
 from p2p_cli.io.config import TrainConfig
@@ -26,19 +27,20 @@ def train_teacher(cfg: TrainConfig, *, workdir: Path, name: str, rt: Runtime, re
     seed_everything(cfg.seed)
     t0 = time.perf_counter()
     data = build_datasets(cfg)
-    if len(data.classes) < 2:
-        raise P2PError("the dataset has fewer than 2 classes")
+    if len(data.classes) < MIN_CLASSES:
+        raise P2PError(f"the dataset has {len(data.classes)} class(es); training needs at least {MIN_CLASSES}")
     model = build_model(cfg, len(data.classes), rt)
-    run = open_run(workdir, name, rt, overwrite=overwrite, resume=resume)
-    if rt.is_main and not resume:
-        write_run_config(run, cfg, "train-teacher")
-        write_environment(run, rt)
-    reporter.info(f"[bold]train-teacher[/] {name}: {cfg.arch} {cfg.backbone}, {model.num_prototypes} prototypes × "
-                  f"D={model.prototype_depth}, {len(data.classes)} classes, {len(data.index.train)} train / "
-                  f"{len(data.index.test)} test images at {cfg.image_size} px, device {rt.device}, "
-                  f"precision {rt.amp_dtype or 'fp32'}")
-    trainer = Trainer(cfg, model, TaskObjective(cfg), data, rt, run, reporter,
-                      metadata={"role": "teacher-or-baseline"}, adversary=training_adversary(cfg, rt))
-    state = trainer.fit(resume=resume)
+    with open_run(workdir, name, rt, overwrite=overwrite, resume=resume, config=cfg) as opened:
+        run = opened.run
+        if rt.is_main and not resume:
+            write_run_config(run, cfg, "train-teacher")
+            write_environment(run, rt)
+        reporter.info(f"[bold]train-teacher[/] {name}: {cfg.arch} {cfg.backbone}, {model.num_prototypes} prototypes "
+                      f"× D={model.prototype_depth}, {len(data.classes)} classes, {len(data.index.train)} train / "
+                      f"{len(data.index.test)} test images at {cfg.image_size} px, device {rt.device}, "
+                      f"precision {rt.amp_dtype or 'fp32'}")
+        trainer = Trainer(cfg, model, TaskObjective(cfg), data, rt, run, reporter,
+                          metadata={"role": "teacher-or-baseline"}, adversary=training_adversary(cfg, rt))
+        state = trainer.fit(resume=resume)
     last = state.records[-1] if state.records else {}
-    return run, {"test_acc": last.get("test_acc"), "seconds": time.perf_counter() - t0, "model": model}
+    return opened.final, {"test_acc": last.get("test_acc"), "seconds": time.perf_counter() - t0, "model": model}
