@@ -98,7 +98,7 @@ def main() -> None:
     try:
         app()
     except P2PError as exc:
-        typer.echo(f"error: {user_message(exc)}", err=True)
+        typer.echo(f"Error: {user_message(exc)}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

@@ -24,6 +24,7 @@ import numpy as np
 from p2p_cli.data.images import parts_in_input
 from p2p_cli.data.index import Sample
 from p2p_cli.data.loaders import load_dataset_index
+from p2p_cli.errors import P2PError
 from p2p_cli.evaluation.cache import ActivationCache, key_id, save_activations
 from p2p_cli.evaluation.collect import CollectedArrays, collect_arrays, split_samples
 from p2p_cli.evaluation.options import (
@@ -33,11 +34,12 @@ from p2p_cli.evaluation.options import (
 from p2p_cli.evaluation.report import add_deltas, chance_level, headline_tau, metric_report, part_scores
 from p2p_cli.evaluation.selection import select_models
 from p2p_cli.io.config import TrainConfig, with_overrides
+from p2p_cli.io.rundir import list_runs
 from p2p_cli.models.runs import LoadedRun
 from p2p_cli.runtime.device import Runtime, make_runtime
 from p2p_cli.runtime.reporter import Reporter
 
-__all__ = ["evaluate_models"]
+__all__ = ["evaluate_models", "evaluate_workdir", "group_runs"]
 
 PAPER_KEYS = ("acc", "aap", "ajs", "pms")
 """The paper's columns, first in every row of the report, in this order."""
@@ -120,6 +122,48 @@ def evaluate_models(model_refs: Sequence[str], *, workdir: Path, teacher: str | 
                          opts.noise_seed)
         report["activations_dir"] = str(opts.save_activations)
     return report
+
+
+def group_runs(workdir: Path) -> list[tuple[str, list[str]]]:
+    """The finished runs of ``workdir`` as (teacher, its students) pairs, sorted by teacher.
+
+    A student is a run that records the teacher it was distilled from (the baseline student of
+    ``--method none`` included); every other run is a teacher, with no students if none names it.
+    """
+    runs = list_runs(workdir)
+    if not runs:
+        raise P2PError(f"no finished run in {workdir} to evaluate; make one with: p2p train-teacher --backbone "
+                       "resnet50, then p2p distill --teacher resnet50 --student resnet18")
+    names = {r.path.resolve(): r.name for r in runs}
+    groups: dict[str, list[str]] = {}
+    for run in runs:
+        rec = run.read_config().get("teacher_run")
+        if not isinstance(rec, dict):
+            groups.setdefault(run.name, [])
+            continue
+        path = Path(str(rec.get("path") or ""))
+        teacher = names.get(path.resolve()) if rec.get("path") else None
+        groups.setdefault(teacher or str(rec.get("path") or rec.get("name")), []).append(run.name)
+    return sorted(groups.items())
+
+
+def evaluate_workdir(workdir: Path, *, options: EvalOptions | None = None, reporter: Reporter | None = None
+                     ) -> dict[str, Any]:
+    """Evaluate every finished run of ``workdir``, one report per teacher with its students
+    (:func:`group_runs`, :func:`evaluate_models`). Returns ``{"workdir": PATH, "groups": [REPORT,
+    ...], "seconds": float}``; a group that cannot be evaluated (its teacher deleted, another
+    dataset) becomes ``{"teacher": NAME, "students": [...], "error": TEXT}``."""
+    t0 = time.perf_counter()
+    reports: list[dict[str, Any]] = []
+    for teacher, students in group_runs(workdir):
+        try:
+            reports.append(evaluate_models(students, workdir=workdir, teacher=teacher, options=options,
+                                           reporter=reporter))
+        except P2PError as exc:
+            reports.append({"teacher": teacher, "students": students, "error": str(exc)})
+    if all("error" in r for r in reports):
+        raise P2PError(reports[0]["error"])
+    return {"workdir": str(workdir), "groups": reports, "seconds": time.perf_counter() - t0}
 
 
 def _reference_config(rows: list[LoadedRun], teacher: LoadedRun, opts: EvalOptions) -> TrainConfig:
