@@ -228,28 +228,34 @@ def evaluate(models: Sequence[str] = (), *, teacher: str | None = None, baseline
                            reporter=reporter(quiet, verbose))
 
 
-def explain(image: PathLike | None = None, *, models: Sequence[str] = (), top_k: int = 5, out: PathLike | None = None,
-            class_name: str | None = None, prototypes: bool = False, gallery_rows: int = 10, show_parts: bool = False,
-            precision: str = "auto", json_path: PathLike | None = None, workdir: PathLike = "runs",
-            device: str = "auto", quiet: bool = True, verbose: bool = False) -> VisualizeResult:
+def explain(image: PathLike | Sequence[PathLike] | None = None, *, models: Sequence[str] = (), top_k: int = 5,
+            out: PathLike | None = None, class_name: str | None = None, prototypes: bool = False,
+            gallery_rows: int = 10, show_parts: bool = False, precision: str | None = None,
+            json_path: PathLike | None = None, workdir: PathLike = "runs", device: str = "auto", quiet: bool = True,
+            verbose: bool = False) -> VisualizeResult | list[VisualizeResult]:
     """Explain ``image`` with one or more runs side by side (``p2p visualize``, Proto2Proto Fig. 1):
     per model the top-k prototypes by similarity × last-layer weight; with ``prototypes=True`` also
     the teacher-vs-student gallery of matched prototypes (Fig. 4). Writes ``explanation.png``,
     ``gallery.png`` and ``index.html`` to ``out`` (default ``workdir/visualizations/IMAGE-STEM``);
-    returns the files and the numbers (``result.summary``). Example::
+    returns the files and the numbers (``result.summary``). Each model runs at the precision it was
+    trained with unless ``precision`` is given. ``image`` may also be a list, a folder or a glob
+    pattern: then one result per image (``out/IMAGE-STEM`` each) comes back as a list. Example::
 
         from p2p_cli.api import explain
         result = explain("bird.jpg", models=["t", "s"], top_k=3, workdir="runs")
         print(result.files["html"], result.summary["models"][0]["predicted"])
     """
     from p2p_cli.runtime.device import make_runtime
-    from p2p_cli.workflows.visualize import VisualizeRequest, visualize
+    from p2p_cli.workflows.visualize import VisualizeRequest, expand_images, visualize_many
 
-    req = VisualizeRequest(image=Path(image) if image is not None else None, models=listed(models),
-                           workdir=Path(workdir), out=Path(out) if out is not None else None, top_k=top_k,
-                           class_name=class_name, prototypes=prototypes, show_parts=show_parts,
-                           gallery_rows=gallery_rows, json_path=Path(json_path) if json_path is not None else None)
-    return visualize(req, make_runtime(device, precision, False), reporter(quiet, verbose))
+    images = expand_images(listed(image))
+    req = VisualizeRequest(image=None, models=listed(models), workdir=Path(workdir),
+                           out=Path(out) if out is not None else None, top_k=top_k, class_name=class_name,
+                           prototypes=prototypes, show_parts=show_parts, gallery_rows=gallery_rows,
+                           json_path=Path(json_path) if json_path is not None else None, precision=precision)
+    results = visualize_many(req, images, make_runtime(device, "fp32", False), reporter(quiet, verbose))
+    single = isinstance(image, str | Path) and len(results) == 1 and Path(image).is_file()
+    return results[0] if single or image is None else results
 
 
 def attack(models: Sequence[str] = (), *, attack: str = "head-on-stomach", eps: str | float = "8/255",
