@@ -100,7 +100,7 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
     lines += report.get("notes", [])
     for line in lines:
         if line:
-            console.print(f"• {line}", style="dim", soft_wrap=True, markup=False)
+            console.print(f"• {line}", style="dim", markup=False)
 
 
 def print_groups(result: dict[str, Any], console: Console | None = None) -> None:
@@ -108,9 +108,9 @@ def print_groups(result: dict[str, Any], console: Console | None = None) -> None
     console = console or make_console()
     for group in result["groups"]:
         if "error" in group:
-            console.print(f"teacher {group['teacher']}: not evaluated: {group['error']}", markup=False, soft_wrap=True)
+            console.print(f"teacher {group['teacher']}: not evaluated: {group['error']}", markup=False)
             continue
         students = [n for n in group["models"] if n != group["teacher"]]
         listing = f" and its students {', '.join(students)}" if students else " (no student distilled from it)"
-        console.print(f"\n[bold]teacher {group['teacher']}[/]{listing}", soft_wrap=True)
+        console.print(f"\n[bold]teacher {group['teacher']}[/]{listing}")
         print_report(group, console)
