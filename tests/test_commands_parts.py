@@ -16,7 +16,7 @@ from p2p_cli.io.config import TrainConfig
 from p2p_cli.runtime.reporter import Reporter, print_fitted
 from p2p_cli.workflows import train_defaults
 from p2p_cli.workflows.distill import distill_config
-from p2p_cli.workflows.evaluate import group_runs
+from p2p_cli.workflows.evaluate_groups import Group, group_runs
 from p2p_cli.workflows.train_defaults import CPU_SCHEDULE, EstimatingReporter, default_schedule, estimated_seconds
 from p2p_cli.workflows.visualize import expand_images
 
@@ -118,7 +118,19 @@ def test_runs_are_grouped_by_the_teacher_they_record(tmp_path):
     _run(tmp_path, "s2", {"command": "distill", "teacher_run": {"name": "t1", "path": str(t1.resolve())}})
     _run(tmp_path, "s1", {"command": "distill", "teacher_run": {"name": "t1", "path": str(t1)}})
     _run(tmp_path, "orphan", {"command": "distill", "teacher_run": {"name": "gone", "path": "/nowhere/gone"}})
-    assert group_runs(tmp_path) == [("/nowhere/gone", ["orphan"]), ("t1", ["s1", "s2"]), ("t2", [])]
+    assert group_runs(tmp_path) == [Group("/nowhere/gone", ["orphan"]), Group("t1", ["s1", "s2"]), Group("t2", [])]
+
+
+def test_a_baseline_is_recognised_by_its_method_or_as_a_from_scratch_run_of_the_students_backbone(tmp_path):
+    data = {"dataset": "synthetic", "image_size": 32}
+    t = _run(tmp_path, "t", {**data, "command": "train-teacher", "backbone": "resnet50"})
+    student = {**data, "command": "distill", "backbone": "resnet18", "teacher_run": {"name": "t", "path": str(t)}}
+    _run(tmp_path, "p2p", {**student, "method": "proto2proto"})
+    _run(tmp_path, "small", {**data, "command": "train-teacher", "backbone": "resnet18"})  # the paper's baseline
+    _run(tmp_path, "other", {**data, "image_size": 64, "command": "train-teacher", "backbone": "resnet18"})
+    assert group_runs(tmp_path) == [Group("other", []), Group("t", ["p2p", "small"], "small")]
+    _run(tmp_path, "none", {**student, "method": "none"})  # a distilled baseline wins
+    assert group_runs(tmp_path) == [Group("other", []), Group("small", []), Group("t", ["none", "p2p"], "none")]
 
 
 def test_an_empty_workdir_says_how_to_make_a_run(tmp_path):

@@ -34,12 +34,12 @@ from p2p_cli.evaluation.options import (
 from p2p_cli.evaluation.report import add_deltas, chance_level, headline_tau, metric_report, part_scores
 from p2p_cli.evaluation.selection import select_models
 from p2p_cli.io.config import TrainConfig, with_overrides
-from p2p_cli.io.rundir import list_runs
 from p2p_cli.models.runs import LoadedRun
 from p2p_cli.runtime.device import Runtime, make_runtime
 from p2p_cli.runtime.reporter import Reporter
+from p2p_cli.workflows.evaluate_groups import group_runs
 
-__all__ = ["evaluate_models", "evaluate_workdir", "group_runs"]
+__all__ = ["evaluate_models", "evaluate_workdir"]
 
 PAPER_KEYS = ("acc", "aap", "ajs", "pms")
 """The paper's columns, first in every row of the report, in this order."""
@@ -124,43 +124,22 @@ def evaluate_models(model_refs: Sequence[str], *, workdir: Path, teacher: str | 
     return report
 
 
-def group_runs(workdir: Path) -> list[tuple[str, list[str]]]:
-    """The finished runs of ``workdir`` as (teacher, its students) pairs, sorted by teacher.
-
-    A student is a run that records the teacher it was distilled from (the baseline student of
-    ``--method none`` included); every other run is a teacher, with no students if none names it.
-    """
-    runs = list_runs(workdir)
-    if not runs:
-        raise P2PError(f"no finished run in {workdir} to evaluate; make one with: p2p train-teacher --backbone "
-                       "resnet50, then p2p distill --teacher resnet50 --student resnet18")
-    names = {r.path.resolve(): r.name for r in runs}
-    groups: dict[str, list[str]] = {}
-    for run in runs:
-        rec = run.read_config().get("teacher_run")
-        if not isinstance(rec, dict):
-            groups.setdefault(run.name, [])
-            continue
-        path = Path(str(rec.get("path") or ""))
-        teacher = names.get(path.resolve()) if rec.get("path") else None
-        groups.setdefault(teacher or str(rec.get("path") or rec.get("name")), []).append(run.name)
-    return sorted(groups.items())
-
-
 def evaluate_workdir(workdir: Path, *, options: EvalOptions | None = None, reporter: Reporter | None = None
                      ) -> dict[str, Any]:
     """Evaluate every finished run of ``workdir``, one report per teacher with its students
-    (:func:`group_runs`, :func:`evaluate_models`). Returns ``{"workdir": PATH, "groups": [REPORT,
-    ...], "seconds": float}``; a group that cannot be evaluated (its teacher deleted, another
-    dataset) becomes ``{"teacher": NAME, "students": [...], "error": TEXT}``."""
+    (:func:`~p2p_cli.workflows.evaluate_groups.group_runs`, :func:`evaluate_models`).
+
+    Returns ``{"workdir": PATH, "groups": [REPORT, ...], "seconds": float}``; a group that cannot
+    be evaluated (its teacher deleted, another dataset) becomes ``{"teacher": NAME, "students":
+    [...], "error": TEXT}``."""
     t0 = time.perf_counter()
     reports: list[dict[str, Any]] = []
-    for teacher, students in group_runs(workdir):
+    for group in group_runs(workdir):
         try:
-            reports.append(evaluate_models(students, workdir=workdir, teacher=teacher, options=options,
-                                           reporter=reporter))
+            reports.append(evaluate_models(group.members, workdir=workdir, teacher=group.teacher,
+                                           baseline=group.baseline, options=options, reporter=reporter))
         except P2PError as exc:
-            reports.append({"teacher": teacher, "students": students, "error": str(exc)})
+            reports.append({"teacher": group.teacher, "students": group.members, "error": str(exc)})
     if all("error" in r for r in reports):
         raise P2PError(reports[0]["error"])
     return {"workdir": str(workdir), "groups": reports, "seconds": time.perf_counter() - t0}
