@@ -33,8 +33,8 @@ def train_teacher_cmd(
     The run is written to WORKDIR/NAME (config.yaml, model.safetensors, prototypes.json, metrics.jsonl).
     Without --config the built-in synthetic data is used with a schedule sized for the machine: a
     CPU-sized one when there is no GPU (minutes on two cores), a paper-like one on a GPU; one line says
-    which, with the time estimated from the first steps. The paper's settings for CUB-200-2011 and
-    Stanford Cars are in examples/.
+    which, with the time estimated from the first steps. The defaults listed below are the paper-like
+    ones; the paper's settings for CUB-200-2011 and Stanford Cars are in examples/.
 
     Examples:
       p2p train-teacher --backbone resnet50
