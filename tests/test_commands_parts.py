@@ -82,6 +82,14 @@ def test_no_config_means_the_cpu_schedule_on_a_cpu_and_the_paper_like_one_on_a_g
     assert values == {} and "paper-like" in label
 
 
+def test_the_schedule_line_names_the_settings_and_the_time():
+    cfg = TrainConfig(image_size=112, epochs=1)
+    assert train_defaults.schedule_line(cfg, "X", 42.4) == (
+        "no --config: X: synthetic data, 112 px, 1 epoch; estimated time about 42 s (measured from the first "
+        "steps); the paper's settings: examples/")
+    assert "about 5 min" in train_defaults.schedule_line(cfg, "X", 5 * 60 + 10)
+
+
 def test_estimated_seconds_counts_training_and_forward_passes():
     cfg = TrainConfig(epochs=2, warm_epochs=1, eval_every=1, repeats=1)
     # trained 2·100 = 200 images; forward (2 test evaluations + 2) · 50 + 2 · 100 = 400 at 0.35

@@ -30,7 +30,7 @@ from p2p_cli.training.distillation import DistillObjective
 from p2p_cli.training.objectives import TaskObjective
 from p2p_cli.training.trainer import Trainer
 from p2p_cli.workflows.runs import open_run, training_adversary, write_environment, write_run_config
-from p2p_cli.workflows.train_defaults import loss_weights, with_estimate
+from p2p_cli.workflows.train_defaults import loss_weights, precision_name, with_estimate
 
 STUDENT_KEYS = ("backbone", "pretrained", "weights", "compile", "teacher", "method", "lambda_global", "lambda_ppc",
                 "tau_train", "ppnet_loss", "head", "fidelity", "kd_weight", "kd_temperature")
@@ -151,7 +151,7 @@ def distill(cfg: TrainConfig, *, workdir: Path, name: str, rt: Runtime, reporter
         write_environment(run, rt)
     reporter.info(f"[bold]distill[/] {name}: {teacher.config.backbone} ({loaded.run.name}) → {cfg.backbone}, "
                   f"method {cfg.method}, head {head}, fidelity {cfg.fidelity}; {student.num_prototypes} "
-                  f"prototypes × D={student.prototype_depth}, device {rt.device}")
+                  f"prototypes × D={student.prototype_depth}, device {rt.device}, precision {precision_name(rt)}")
     if schedule is not None:
         reporter = with_estimate(reporter, cfg, schedule, data)
     reporter.loss_weights = loss_weights(cfg)

@@ -16,6 +16,7 @@ from typing import Any
 
 from p2p_cli.data.loaders import DataBundle
 from p2p_cli.io.config import TrainConfig
+from p2p_cli.runtime.device import Runtime
 from p2p_cli.runtime.reporter import Reporter
 from p2p_cli.workflows.presets import SYNTHETIC_FAST
 
@@ -37,15 +38,16 @@ FORWARD_SHARE = 0.35
 def default_schedule(device_type: str) -> tuple[str, dict[str, Any]]:
     """(what the user is told, the config values) of the schedule used without ``--config``."""
     if device_type == "cpu":
-        return "built-in data, CPU-sized schedule (no GPU found)", dict(CPU_SCHEDULE)
-    return "built-in data, paper-like schedule", {}
+        return "built-in data, CPU-sized schedule (no GPU)", dict(CPU_SCHEDULE)
+    return "built-in data, paper-like schedule (GPU)", {}
 
 
 def schedule_line(cfg: TrainConfig, label: str, seconds: float) -> str:
     """The one line printed once the first steps are measured."""
     eta = f"about {seconds / 60:.0f} min" if seconds >= 90 else f"about {seconds:.0f} s"
-    return (f"no --config: {label} ({cfg.dataset} data, {cfg.image_size} px, {cfg.epochs} epochs); estimated time "
-            f"{eta} (measured from the first steps); the paper's settings: examples/")
+    epochs = f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}"
+    return (f"no --config: {label}: {cfg.dataset} data, {cfg.image_size} px, {epochs}; estimated time {eta} "
+            "(measured from the first steps); the paper's settings: examples/")
 
 
 def estimated_seconds(cfg: TrainConfig, sec_per_train_image: float, train_images: int, test_images: int) -> float:
@@ -107,3 +109,8 @@ def loss_weights(cfg: TrainConfig) -> dict[str, float]:
     return {"ce": 1.0, "nll": 1.0, "clst": cfg.lambda_clst, "sep": cfg.lambda_sep, "l1": cfg.lambda_l1,
             "ppc": cfg.lambda_ppc, "global": cfg.lambda_global, "hint": cfg.kd_weight, "kd": cfg.kd_weight,
             "rkd_distance": 25.0 * cfg.kd_weight, "rkd_angle": 50.0 * cfg.kd_weight}
+
+
+def precision_name(rt: Runtime) -> str:
+    """``bf16``, ``fp16`` or ``fp32``: the autocast precision as the config spells it."""
+    return {"bfloat16": "bf16", "float16": "fp16"}.get(str(rt.amp_dtype).removeprefix("torch."), "fp32")

@@ -17,7 +17,7 @@ from p2p_cli.runtime.seeding import seed_everything, set_deterministic
 from p2p_cli.training.objectives import TaskObjective
 from p2p_cli.training.trainer import Trainer
 from p2p_cli.workflows.runs import open_run, training_adversary, write_environment, write_run_config
-from p2p_cli.workflows.train_defaults import default_schedule, loss_weights, with_estimate
+from p2p_cli.workflows.train_defaults import default_schedule, loss_weights, precision_name, with_estimate
 
 
 def teacher_config(path: str | Path | None, overrides: dict[str, Any], device: str
@@ -49,7 +49,7 @@ def train_teacher(cfg: TrainConfig, *, workdir: Path, name: str, rt: Runtime, re
     reporter.info(f"[bold]train-teacher[/] {name}: {cfg.arch} {cfg.backbone}, {model.num_prototypes} prototypes × "
                   f"D={model.prototype_depth}, {len(data.classes)} classes, {len(data.index.train)} train / "
                   f"{len(data.index.test)} test images at {cfg.image_size} px, device {rt.device}, "
-                  f"precision {rt.amp_dtype or 'fp32'}")
+                  f"precision {precision_name(rt)}")
     if schedule is not None:
         reporter = with_estimate(reporter, cfg, schedule, data)
     reporter.loss_weights = loss_weights(cfg)
