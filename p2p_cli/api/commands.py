@@ -165,11 +165,14 @@ class PruneOutcome:
 
 
 def prune(model: str, *, target: int | None = None, step: int | None = None, method: str = "protopshare",
-          fine_tune_epochs: int | None = None, feature_epochs: int = 0, knn_k: int = 6, knn_min: int = 3,
-          name: str | None = None, overwrite: bool = False, data_root: str | None = None, workdir: PathLike = "runs",
-          device: str = "auto", seed: int | None = None, quiet: bool = True, verbose: bool = False) -> PruneOutcome:
+          distance: str = "data", fine_tune_epochs: int | None = None, feature_epochs: int = 0, knn_k: int = 6,
+          knn_min: int = 3, name: str | None = None, overwrite: bool = False, data_root: str | None = None,
+          workdir: PathLike = "runs", device: str = "auto", seed: int | None = None, quiet: bool = True,
+          verbose: bool = False) -> PruneOutcome:
     """Prune run ``model`` into a new run (default name ``SOURCE-pruned``; the source is never
-    modified): ProtoPShare merging down to ``target`` prototypes (Rymarczyk et al., KDD 2021), or
+    modified): ProtoPShare merging down to ``target`` prototypes (Rymarczyk et al., KDD 2021; each
+    step's threshold is the ``step``-th smallest nearest-neighbour dissimilarity, ``distance``
+    ``"data"`` or ``"vectors"``), or
     ProtoPNet's k-NN test with ``method="knn"``. One process only. Example::
 
         from p2p_cli.api import prune
@@ -183,7 +186,7 @@ def prune(model: str, *, target: int | None = None, step: int | None = None, met
     from p2p_cli.runtime.device import make_runtime
     from p2p_cli.workflows.prune import prune as workflow
 
-    opts = PruneOptions(method=method, target=target, step=step, fine_tune_epochs=fine_tune_epochs,
+    opts = PruneOptions(method=method, target=target, step=step, distance=distance, fine_tune_epochs=fine_tune_epochs,
                         feature_epochs=feature_epochs, knn_k=knn_k, knn_min=knn_min)
     source = resolve_ref(model, Path(workdir))
     src_cfg = config_from_dict(source.read_config(), source=str(source.config_path))

@@ -27,33 +27,65 @@ def method_settings(cfg: TrainConfig) -> dict[str, Any]:
             "lambda_kd": cfg.kd_weight, "kd_temperature": cfg.kd_temperature}
 
 
+def backbone_channels(model: PrototypeNetwork) -> int:
+    """Channels C of the backbone's output: the input width of the add-on's first 1×1 conv."""
+    conv = next(m for m in model.add_on.modules() if isinstance(m, nn.Conv2d))
+    return int(conv.in_channels)
+
+
 class DistillObjective:
     """Stage 1 (``warm``): the transfer terms only; stage 2: ``L_ppnet`` (unless
     ``ppnet_loss`` is off) + the transfer terms (Proto2Proto Eq. 6).
 
+    ``trains_head_jointly``: under ``fidelity: reference`` stage 2 also trains the student's
+    last layer at ``lr_last_layer`` (decayed with the joint schedule), as the public code's
+    ``joint`` optimizer does; in ``paper`` fidelity the last layer trains only in its own stage.
+
     The teacher runs under ``torch.inference_mode()`` in eval mode: no graph, no gradients. Both
     models' outputs reach the method as dicts of logits (B, K), min distances (B, m), distance
-    maps (B, m, H, W), features (B, D, H, W) and prototypes (m, D).
+    maps (B, m, H, W), features (B, D, H, W) and prototypes (m, D); a method that reads
+    ``"backbone"`` (the FitNets hint) gets the backbone outputs (B, C, H, W) instead — the
+    teacher's from its backbone alone, the student's captured by a forward hook on
+    ``student.backbone`` during the trainer's one forward pass.
     """
 
     def __init__(self, cfg: TrainConfig, teacher: PrototypeNetwork, method: DistillMethod, rt: Runtime,
-                 d_student: int) -> None:
+                 student: PrototypeNetwork) -> None:
         self.cfg, self.teacher, self.method, self.rt = cfg, teacher, method, rt
         self.settings = method_settings(cfg)
-        self.modules = method.make_modules(d_student, teacher.prototype_depth)
+        # the Proto2Proto code's joint optimizer also trains the student's last layer (lrLastLayer)
+        self.trains_head_jointly = cfg.fidelity == "reference"
+        self.uses_backbone = "backbone" in method.student_keys(self.settings)
+        if method.module_widths == "backbone_channels":
+            widths = backbone_channels(student), backbone_channels(teacher)
+        else:
+            widths = student.prototype_depth, teacher.prototype_depth
+        self.modules = method.make_modules(*widths)
+        self._student_backbone: torch.Tensor | None = None
+        if self.uses_backbone:
+            student.backbone.register_forward_hook(self._capture)
+
+    def _capture(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        self._student_backbone = output
 
     def extra_modules(self) -> dict[str, nn.Module]:
         return dict(self.modules.items())
 
     def teacher_outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.inference_mode(), self.rt.autocast():
+            if "backbone" in self.method.teacher_keys(self.settings):  # nothing past the backbone is read
+                return {"backbone": self.teacher.backbone(images)}
             out = self.teacher(images)
         return {**out._asdict(), "prototypes": self.teacher.prototypes.detach()}
 
     def loss(self, model: PrototypeNetwork, out: ProtoOutput, images: torch.Tensor, labels: torch.Tensor,
              stage: str) -> dict[str, torch.Tensor]:
         teacher = self.teacher_outputs(images)
-        student = {**out._asdict(), "prototypes": model.prototypes}
+        student: dict[str, Any] = {**out._asdict(), "prototypes": model.prototypes}
+        if self.uses_backbone:
+            if self._student_backbone is None:
+                raise RuntimeError("the student's backbone output was not captured")  # a bug
+            student["backbone"], self._student_backbone = self._student_backbone, None
         terms = self.method.compute(teacher, student, self.settings)
         total = terms["transfer"]
         if stage != "warm" and self.cfg.ppnet_loss:

@@ -32,12 +32,12 @@ from p2p_cli.runtime.device import Runtime
 from p2p_cli.runtime.distributed import all_reduce_sum
 from p2p_cli.runtime.reporter import Reporter
 from p2p_cli.runtime.seeding import seed_everything
-from p2p_cli.training.last_layer import fit_last_layer
+from p2p_cli.training.last_layer import fit_last_layer, last_layer_terms
 from p2p_cli.training.passes import min_distance_pass
 from p2p_cli.training.provenance import provenance_records, summarize
 from p2p_cli.training.push import push_prototypes
 from p2p_cli.training.recipes import recipe_for
-from p2p_cli.training.schedule import Step, group_lr
+from p2p_cli.training.schedule import Step, group_lr, last_layer_data
 from p2p_cli.training.snapshot import TrainState, read_snapshot, save_snapshot
 
 # (model, images (B, 3, S, S), labels (B,)) → the batch to train on instead, e.g. FGSM examples
@@ -63,6 +63,7 @@ class Trainer:
         self.metadata = metadata or {}
         self.adversary = adversary if cfg.adversarial != "none" else None
         self.recipe = recipe_for(model.arch)
+        self.joint_head = bool(getattr(objective, "trains_head_jointly", False))
         self.extra = nn.ModuleDict(objective.extra_modules()).to(rt.device)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.state = TrainState()
@@ -82,7 +83,9 @@ class Trainer:
         if stage not in self.optimizers:
             groups = self._groups()
             param_groups = []
-            for name in self.recipe.stage_groups(stage, self.cfg, head_frozen=self.head_frozen):
+            trained = self.recipe.stage_groups(stage, self.cfg, head_frozen=self.head_frozen,
+                                               joint_head=self.joint_head)
+            for name in trained:
                 params = groups[name]
                 if params:
                     lr, wd = group_lr(self.cfg, name)
@@ -94,7 +97,8 @@ class Trainer:
         return self.optimizers[stage]
 
     def _freeze_except(self, stage: str) -> None:
-        trained = self.recipe.stage_groups(stage, self.cfg, head_frozen=self.head_frozen)
+        trained = self.recipe.stage_groups(stage, self.cfg, head_frozen=self.head_frozen,
+                                           joint_head=self.joint_head)
         for name, params in self._groups().items():
             for p in params:
                 p.requires_grad_(name in trained)
@@ -145,7 +149,7 @@ class Trainer:
         if step.kind == "prune":
             return [self._prune(step)]
         if step.kind == "last_layer":
-            return self._last_layer(step)
+            return self._last_layer(step, index)
         raise ValueError(f"unknown step kind {step.kind!r}")
 
     def train_epoch(self, step: Step, index: int) -> dict[str, Any]:
@@ -155,24 +159,38 @@ class Trainer:
         caller seeds the global RNGs (``fit`` does, from ``cfg.seed`` and the index). The
         learning rates are the recipe's factor for ``step.epoch`` times the initial ones.
         """
-        cfg, rt, model = self.cfg, self.rt, self.model
         self._freeze_except(step.stage)
         opt = self.optimizer(step.stage)
         if opt is not None:
-            factor = self.recipe.lr_factor(cfg, step.stage, step.epoch)
+            factor = self.recipe.lr_factor(self.cfg, step.stage, step.epoch)
             for g in opt.param_groups:
                 g["lr"] = g["initial_lr"] * factor
+        row = self._train_pass(step, opt, self.cfg.seed * 100_003 + index, step.epoch,
+                               f"epoch {step.epoch + 1}/{self.cfg.epochs} {step.stage}",
+                               lambda out, images, labels: self.objective.loss(self.model, out, images, labels,
+                                                                               step.stage))
+        if self._evaluate_after(step, index):
+            row["test_acc"] = self.test_accuracy()
+        return row
+
+    def _train_pass(self, step: Step, opt: torch.optim.Optimizer | None, epoch_seed: int, sampler_epoch: int,
+                    title: str, loss: Callable[[Any, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+                    ) -> dict[str, Any]:
+        """One pass over the augmented training set in train mode, one step of ``opt`` per batch
+        on ``loss(out, images, labels)["total"]``; order and augmentation depend only on
+        ``epoch_seed``. Returns the row: ``epoch``, ``stage``, mean loss terms, ``train_acc``, lrs."""
+        cfg, rt, model = self.cfg, self.rt, self.model
         model.train()
         self.extra.train()
-        epoch_seed = cfg.seed * 100_003 + index
         loader = train_loader(self.data.train, cfg, rt, epoch_seed=epoch_seed)
         augment_rng = torch.Generator().manual_seed(epoch_seed + (rt.rank + 1) * 7_919)  # a stream per rank
         if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(step.epoch)
+            loader.sampler.set_epoch(sampler_epoch)
         trainable = [p for g in opt.param_groups for p in g["params"]] if opt else []
         sums: dict[str, float] = defaultdict(float)
         correct = seen = 0
-        with self.reporter.task(f"epoch {step.epoch + 1}/{cfg.epochs} {step.stage}", len(loader)) as advance:
+        self.recipe.before_epoch(model, head_frozen=self.head_frozen)
+        with self.reporter.task(title, len(loader)) as advance:
             for images, labels, _ in loader:
                 images = rt.images(self.data.augment(images.to(rt.device, non_blocking=True), augment_rng))
                 labels = labels.to(rt.device)
@@ -180,14 +198,15 @@ class Trainer:
                     images = self.adversary(model, images, labels)
                 with rt.autocast():
                     out = model(images)
-                terms = self.objective.loss(model, out, images, labels, step.stage)
+                terms = loss(out, images, labels)
                 if opt is not None:
                     opt.zero_grad(set_to_none=True)
                     self.scaler.scale(terms["total"]).backward()
                     self._sync_grads(trainable)
                     self.scaler.step(opt)
                     self.scaler.update()
-                self.recipe.after_batch(model, out, labels, len(loader), rt, head_frozen=self.head_frozen)
+                if step.kind == "epoch":
+                    self.recipe.after_batch(model, out, labels, len(loader), rt, head_frozen=self.head_frozen)
                 n = len(labels)
                 for k, v in terms.items():
                     sums[k] += float(v.detach()) * n
@@ -201,8 +220,6 @@ class Trainer:
         row["train_acc"] = float(stats[0] / stats[1])
         if opt is not None:
             row.update(lr_fields(opt.param_groups))
-        if self._evaluate_after(step, index):
-            row["test_acc"] = self.test_accuracy()
         return row
 
     def _evaluate_after(self, step: Step, index: int) -> bool:
@@ -240,18 +257,32 @@ class Trainer:
         sizes = self.recipe.prune(self.model, self.cfg, self.reporter)
         return {"epoch": step.epoch + 1, "stage": step.stage, **sizes, "test_acc": self.test_accuracy()}
 
-    def _last_layer(self, step: Step) -> list[dict[str, Any]]:
-        """Convex last-layer optimisation on cached similarities (everything before h is frozen).
+    def _last_layer(self, step: Step, index: int) -> list[dict[str, Any]]:
+        """ProtoPNet's last-layer stage, ``CE + λ_l1·L1`` in h only (everything before it frozen).
 
-        The similarities of all un-augmented training images are computed once (one forward
-        pass); each epoch then shuffles them in mini-batches of ``batch_size``."""
+        ``last_layer_data`` cached: the similarities of all un-augmented training images are
+        computed once (one forward pass); each epoch shuffles them in mini-batches of
+        ``batch_size``. augmented: each epoch is a pass over the augmented training loader in
+        train mode, as ProtoPNet's and the Proto2Proto code's ``train_epoch`` (one forward per
+        batch, no backward through the frozen features; BatchNorm keeps batch statistics and
+        updates its running ones, as there); test accuracy is measured once, at the end."""
         cfg, model = self.cfg, self.model
-        test_cache = self._min_distances(self.data.test, "test")
         if self.head_frozen or cfg.last_layer_epochs == 0:
-            return [{"epoch": step.epoch + 1, "stage": "last_layer", "test_acc": self.test_accuracy(test_cache)}]
+            return [{"epoch": step.epoch + 1, "stage": "last_layer", "test_acc": self.test_accuracy()}]
         self._freeze_except("last_layer")
         opt = self.optimizer("last_layer")
         assert opt is not None
+        if last_layer_data(cfg) == "augmented":
+            rows = []
+            for e in range(cfg.last_layer_epochs):
+                t0 = time.perf_counter()
+                row = self._train_pass(step, opt, cfg.seed * 100_003 + index + (e + 1) * 1_000_003,
+                                       step.epoch * 1_000 + e, f"last layer {e + 1}/{cfg.last_layer_epochs}",
+                                       lambda out, images, labels: last_layer_terms(model, out.logits, labels, cfg))
+                rows.append({**row, "ll_epoch": e + 1, "seconds": round(time.perf_counter() - t0, 3)})
+            rows[-1]["test_acc"] = self.test_accuracy()
+            return rows
+        test_cache = self._min_distances(self.data.test, "test")
         train_d, train_y = self._min_distances(self.data.push, "cache similarities")
         rows = fit_last_layer(model, opt, log_similarity(train_d), train_y, cfg, cfg.last_layer_epochs,
                               generator=torch.Generator().manual_seed(cfg.seed),

@@ -70,6 +70,7 @@ def prune(ref: str, *, workdir: Path, name: str | None, opts: PruneOptions, rt: 
     run = open_run(workdir, name, rt, overwrite=overwrite, resume=False)  # created only once there is a result
     record = {"source": {"name": source.name, "path": str(source.path.resolve()), "weights_hash": source_hash},
               "method": opts.method, "target": opts.target if opts.method == "protopshare" else None,
+              "distance": opts.distance if opts.method == "protopshare" else None,
               "step": round_size(opts, model.num_prototypes), "fine_tune_epochs": cfg.last_layer_epochs
               if opts.fine_tune_epochs is None else opts.fine_tune_epochs, "feature_epochs": opts.feature_epochs,
               "rounds": len(result.rounds) - 1, "prototypes_before": model.num_prototypes,
