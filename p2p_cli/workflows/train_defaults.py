@@ -22,14 +22,14 @@ from p2p_cli.workflows.presets import SYNTHETIC_FAST
 
 CPU_SCHEDULE: dict[str, Any] = {
     **SYNTHETIC_FAST,
-    "synthetic_train_per_class": 40,
-    "synthetic_test_per_class": 10,
-    "epochs": 6,
-    "last_layer_epochs": 10,
+    "synthetic_test_per_class": 20,
+    "epochs": 12,
 }
-"""The built-in CPU schedule: the quickstart's fast synthetic settings (112 px, stride-16 features
-giving a 7×7 grid, one push at the end) on 400 training and 100 test images for 6 epochs, so that
-train-teacher, distill, evaluate and visualize together take minutes on two cores."""
+"""The built-in CPU schedule: the quickstart's fast synthetic settings (1,000 training images of 10
+classes at 112 px, stride-16 features giving a 7×7 grid, one push at the end) for 12 epochs, with
+200 test images, so that train-teacher, distill, evaluate and visualize together take minutes on
+two cores (about 2 min for a resnet50 teacher and 2 min for its resnet18 student on a 2-core
+AVX512-BF16 CPU, measured)."""
 
 FORWARD_SHARE = 0.35
 """A forward pass of an image costs about this share of a training step (forward + backward)."""
