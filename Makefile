@@ -3,7 +3,6 @@
 #   make test   - the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
-export HF_HUB_OFFLINE ?= 1
 
 .PHONY: demo test install bench clean
 

@@ -165,5 +165,5 @@ def test_bad_input_is_one_clear_line(case, tmp_path, tiny_config, capsys):
     code, _, err = run_cli(args, capsys)
     assert code != 0
     lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert lines[-1].startswith("error: ") and expect in lines[-1], err
+    assert lines[-1].startswith("Error: ") and expect in lines[-1], err
     assert "Traceback" not in err

@@ -407,7 +407,7 @@ def test_teacher_against_itself_gives_ajs_and_pms_of_one(work, capsys):
 def test_json_is_written_before_the_table_so_a_closed_pipe_loses_nothing(work, capsys, monkeypatch):
     import p2p_cli.cli.evaluate as evaluate_cli
 
-    def closed_stdout(report):  # what printing into `| head` ends in once head has exited
+    def closed_stdout(report, console=None):  # what printing into `| head` ends in once head has exited
         raise BrokenPipeError(32, "Broken pipe")
 
     monkeypatch.setattr(evaluate_cli, "print_report", closed_stdout)

@@ -200,7 +200,7 @@ def test_cli_with_a_hub_ref(run, offline_cache, tmp_path, capsys):
     doc = json.loads(out)
     assert doc["model"] == "hf-hub:org/tiny" and len(doc["predictions"]) == 1
     code, _, err = run_cli(["hub", "pull", "hf-hub:org/nothere"], capsys)
-    assert code == 2 and err.startswith("error: hf-hub:org/nothere is not in the local Hugging Face cache")
+    assert code == 2 and err.startswith("Error: hf-hub:org/nothere is not in the local Hugging Face cache")
     assert len(err.strip().splitlines()) == 1
 
 

@@ -85,8 +85,10 @@ def test_distill_tree_student_takes_the_teacher_shape_and_the_teacher_stays_froz
 
 
 def test_distill_refuses_an_architecture_mismatch(teacher, work, capsys):
+    """The student takes its teacher's arch unless told otherwise; told otherwise, a clear error."""
     code, _, err = run_cli(["distill", "--config", str(work / "tiny.yaml"), "--workdir", str(work), "--teacher", "t",
-                            "--student", "resnet18", "--name", "bad", "--device", "cpu"], capsys)
+                            "--student", "resnet18", "--name", "bad", "--device", "cpu", "--arch", "protopnet"],
+                           capsys)
     assert code != 0 and "--arch prototree" in err
 
 

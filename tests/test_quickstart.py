@@ -52,6 +52,10 @@ def test_quickstart_writes_a_self_contained_report_and_reruns_without_recomputin
     sources = re.findall(r'src="([^"]*)"', page)
     assert len(sources) >= 3 and all(s.startswith("data:image/png;base64,") for s in sources)
     assert not re.search(r'(href|url)\(', page)
+    # outputs that travel: the page under 3 MB with no image embedded twice, each figure under 1 MB
+    assert (report_dir / "report.html").stat().st_size < 3_000_000 and len(set(sources)) == len(sources)
+    figures = list((report_dir / "figures").rglob("*.png"))
+    assert figures and all(f.stat().st_size < 1_000_000 for f in figures)
     md = (report_dir / "report.md").read_text()
     assert "Table 2" in md and "Table 3" in md and "Verdict" in md
     # a second run reuses every finished run and writes the same numbers

@@ -118,8 +118,8 @@ def test_panel_figure_size_and_html_page_are_self_contained():
     with Image.open(io.BytesIO(png)) as im:
         expected_w = (2 * (2 * figures.CELL_IN + figures.TEXT_IN) + figures.GAP_IN + 0.4) * figures.DPI
         assert abs(im.size[0] - expected_w) <= 2
-        # an image cell is drawn at >= 2x the pixels of a 112-px synthetic image
-        assert figures.CELL_IN * figures.DPI >= 2 * 112
+        # screen resolution; an image cell shows a 112-px synthetic image without shrinking it
+        assert figures.DPI <= 110 and figures.CELL_IN * figures.DPI >= 112
     page = html.Page("title <x>", meta="m & n")
     page.image(html.Image(png, "fig", caption="cap"))
     page.table(html.Table(["a", "b"], [[1, "<b>"], [0.5, html.Image(render.png_bytes(tile), "t", width=20)]]))
@@ -128,6 +128,24 @@ def test_panel_figure_size_and_html_page_are_self_contained():
     srcs = re.findall(r'src="([^"]*)"', text)
     assert len(srcs) == 2 and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "<script" not in text and "http" not in text
+
+
+def test_figures_and_thumbnails_are_compact_and_embedded_with_their_type():
+    """A photo-like 3-model top-5 figure stays far under 1 MB (256-colour PNG) with its text intact;
+    thumbnails are JPEG, embedded as image/jpeg."""
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)  # noise: the worst case for any codec
+    cell = figures.Cell(photo, photo, "#1  prototype 3", "of class x", [("similarity", "1.234")])
+    cols = [figures.Column(f"m{i}", [cell] * 5, ["predicts x"], photo) for i in range(3)]
+    png = figures.panel_figure(cols, title="t", left_label="l", right_label="r")
+    assert len(png) < 1_000_000
+    with Image.open(io.BytesIO(png)) as im:
+        assert im.mode == "P" and len(im.getcolors(256) or []) <= 256
+    jpeg = render.jpeg_bytes(photo, long_side=56)
+    with Image.open(io.BytesIO(jpeg)) as im:
+        assert im.format == "JPEG" and im.size == (56, 56)
+    assert html.data_uri(jpeg).startswith("data:image/jpeg;base64,")
+    assert html.data_uri(png).startswith("data:image/png;base64,")
 
 
 # ----------------------------------------------------------------------------- default models
@@ -199,7 +217,8 @@ def test_visualize_writes_figure_html_and_correct_numbers(workdir, tmp_path, cap
     assert all(p["teacher"] == p["student"] and p["cooccurrence"] == gallery["n_images"]
                for p in gallery["students"][0]["pairs"])
     page = (out / "index.html").read_text()
-    assert all(s.startswith("data:image/png;base64,") for s in re.findall(r'src="([^"]*)"', page))
+    assert all(s.startswith(("data:image/png;base64,", "data:image/jpeg;base64,"))
+               for s in re.findall(r'src="([^"]*)"', page))
     assert meta["class_names"][pred].replace("_", " ") in page  # class names shown
     with Image.open(out / "explanation.png") as im:
         assert im.size[0] > 2 * 2 * figures.CELL_IN * figures.DPI  # two model columns

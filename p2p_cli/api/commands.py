@@ -48,20 +48,19 @@ class RunResult:
     is_main: bool = True
 
 
-def _train(workflow: Callable[..., Any], config: PathLike | None, overrides: dict[str, Any], name: str | None,
+def _train(workflow: Callable[..., Any], cfg: TrainConfig, schedule: str | None, name: str | None,
            default_name: Callable[[TrainConfig], str], workdir: PathLike, device: str, overwrite: bool,
            resume: bool, quiet: bool, verbose: bool) -> RunResult:
-    """Resolve the config (defaults ← file ← overrides), make the runtime, run ``workflow``."""
-    from p2p_cli.io.config import load_config
+    """Make the runtime for the resolved ``cfg`` and run ``workflow``; ``schedule`` names the
+    built-in settings used without a config (the workflow prints it with the estimated time)."""
     from p2p_cli.runtime.device import make_runtime
 
-    cfg = load_config(config, overrides)
     rt = make_runtime(device, cfg.precision, cfg.channels_last)
     rep = for_rank(reporter(quiet, verbose), rt)
     rep.debug("resolved config:\n" + "\n".join(f"  {k}: {v}" for k, v in cfg.to_dict().items()))
     run_name = default_name(cfg) if name is None else name  # "" is a (refused) name, not "the default"
     run, result = workflow(cfg, workdir=Path(workdir), name=run_name, rt=rt, reporter=rep,
-                           overwrite=overwrite, resume=resume)
+                           overwrite=overwrite, resume=resume, schedule=None if resume else schedule)
     return RunResult(run.path, result["test_acc"], result["seconds"], rt.is_main)
 
 
@@ -72,17 +71,20 @@ def train_teacher(config: PathLike | None = None, *, name: str | None = None, wo
     warm-up, joint training, prototype push, last layer (Chen et al., NeurIPS 2019).
 
     ``config`` is a YAML file; every config key (README, "Configuration keys") may be given as a
-    keyword and beats the file (``None``: not given). ``name`` defaults to the backbone.
-    Example::
+    keyword and beats the file (``None``: not given). Without ``config`` the built-in synthetic
+    data is used with a schedule sized for the device (CPU-sized without a GPU, paper-like on one;
+    :mod:`p2p_cli.workflows.train_defaults`). ``name`` defaults to the backbone. Example::
 
         from p2p_cli.api import train_teacher
         result = train_teacher("examples/synthetic-fast.yaml", backbone="resnet18", name="t", epochs=2)
         print(result.path, result.test_acc)
     """
+    from p2p_cli.workflows.train_teacher import teacher_config
     from p2p_cli.workflows.train_teacher import train_teacher as workflow
 
-    return _train(workflow, config, config_overrides, name, lambda cfg: cfg.backbone, workdir, device,
-                  overwrite, resume, quiet, verbose)
+    cfg, schedule = teacher_config(config, config_overrides, device)
+    return _train(workflow, cfg, schedule, name, lambda c: c.backbone, workdir, device, overwrite, resume, quiet,
+                  verbose)
 
 
 def distill(config: PathLike | None = None, *, teacher: str | None = None, student: str | None = None,
@@ -90,16 +92,20 @@ def distill(config: PathLike | None = None, *, teacher: str | None = None, stude
             resume: bool = False, quiet: bool = True, verbose: bool = False, **config_overrides: Any) -> RunResult:
     """Distill the trained run ``teacher`` into a student of backbone ``student`` (Keswani et al.,
     CVPR 2022): Proto2Proto by default, ``method="none"`` for the baseline student, ``hint``,
-    ``rkd`` or ``kd`` for the KD baselines. ``name`` defaults to ``BACKBONE-METHOD``. Example::
+    ``rkd`` or ``kd`` for the KD baselines. Every setting the student does not choose itself
+    (data, grid, schedule) is the teacher's run's unless ``config`` or a keyword says otherwise.
+    ``name`` defaults to ``BACKBONE-METHOD``. Example::
 
         from p2p_cli.api import distill
         result = distill("examples/synthetic-fast.yaml", teacher="t", student="resnet18", name="s")
     """
     from p2p_cli.workflows.distill import distill as workflow
+    from p2p_cli.workflows.distill import distill_config
 
     overrides = {**config_overrides, "teacher": teacher, "backbone": student}
-    return _train(workflow, config, overrides, name, lambda cfg: f"{cfg.backbone}-{cfg.method}", workdir, device,
-                  overwrite, resume, quiet, verbose)
+    cfg, schedule = distill_config(config, overrides, Path(workdir))
+    return _train(workflow, cfg, schedule, name, lambda c: f"{c.backbone}-{c.method}", workdir, device, overwrite,
+                  resume, quiet, verbose)
 
 
 def quickstart(*, workdir: PathLike = "runs", preset: str = "fast", seeds: int = 1, ablations: bool = False,
@@ -206,14 +212,16 @@ def evaluate(models: Sequence[str] = (), *, teacher: str | None = None, baseline
     """Accuracy, AAP (Proto2Proto Eq. 7), AJS (Eq. 8) and PMS (Algorithm 1) of ``models`` against
     their teacher, plus the extra metrics asked for (``metrics=["all"]``); returns the JSON-ready
     report (``report["models"][NAME]["ajs"]["inf"]``, …), the teacher's row first. ``taus``
-    default to 0.01 0.1 0.2 0.45 1 3 5 inf. Example::
+    default to 0.01 0.1 0.2 0.45 1 3 5 inf. Without ``models`` and ``teacher`` every finished run
+    of ``workdir`` is evaluated, grouped by teacher: ``{"workdir": …, "groups": [REPORT, …]}``.
+    Example::
 
         from p2p_cli.api import evaluate
         report = evaluate(["s"], teacher="t", metrics=["acc", "ajs", "pms"], workdir="runs")
         print(report["models"]["s"]["pms"])
     """
     from p2p_cli.evaluation.options import EvalOptions, parse_metrics, parse_taus
-    from p2p_cli.workflows.evaluate import evaluate_models
+    from p2p_cli.workflows.evaluate import evaluate_models, evaluate_workdir
 
     h_tau = parse_taus([headline_tau])[0] if headline_tau is not None else None
     opts = EvalOptions(metrics=parse_metrics(listed(metrics)), taus=parse_taus(listed(taus)), split=split,
@@ -223,32 +231,41 @@ def evaluate(models: Sequence[str] = (), *, teacher: str | None = None, baseline
                        save_activations=Path(save_activations) if save_activations is not None else None)
     from p2p_cli.runtime.distributed import launched_as_main
 
+    if not listed(models) and teacher is None:
+        return evaluate_workdir(Path(workdir), options=opts,
+                                reporter=reporter(quiet or not launched_as_main(), verbose))
     return evaluate_models(listed(models), workdir=Path(workdir), teacher=teacher, baseline=baseline, options=opts,
                            reporter=reporter(quiet or not launched_as_main(), verbose))
 
 
-def explain(image: PathLike | None = None, *, models: Sequence[str] = (), top_k: int = 5, out: PathLike | None = None,
-            class_name: str | None = None, prototypes: bool = False, gallery_rows: int = 10, show_parts: bool = False,
-            precision: str = "auto", json_path: PathLike | None = None, workdir: PathLike = "runs",
-            device: str = "auto", quiet: bool = True, verbose: bool = False) -> VisualizeResult:
+def explain(image: PathLike | Sequence[PathLike] | None = None, *, models: Sequence[str] = (), top_k: int = 5,
+            out: PathLike | None = None, class_name: str | None = None, prototypes: bool = False,
+            gallery_rows: int = 10, show_parts: bool = False, precision: str | None = None,
+            json_path: PathLike | None = None, workdir: PathLike = "runs", device: str = "auto", quiet: bool = True,
+            verbose: bool = False) -> VisualizeResult | list[VisualizeResult]:
     """Explain ``image`` with one or more runs side by side (``p2p visualize``, Proto2Proto Fig. 1):
     per model the top-k prototypes by similarity × last-layer weight; with ``prototypes=True`` also
     the teacher-vs-student gallery of matched prototypes (Fig. 4). Writes ``explanation.png``,
     ``gallery.png`` and ``index.html`` to ``out`` (default ``workdir/visualizations/IMAGE-STEM``);
-    returns the files and the numbers (``result.summary``). Example::
+    returns the files and the numbers (``result.summary``). Each model runs at the precision it was
+    trained with unless ``precision`` is given. ``image`` may also be a list, a folder or a glob
+    pattern: then one result per image (``out/IMAGE-STEM`` each) comes back as a list. Example::
 
         from p2p_cli.api import explain
         result = explain("bird.jpg", models=["t", "s"], top_k=3, workdir="runs")
         print(result.files["html"], result.summary["models"][0]["predicted"])
     """
     from p2p_cli.runtime.device import make_runtime
-    from p2p_cli.workflows.visualize import VisualizeRequest, visualize
+    from p2p_cli.workflows.visualize import VisualizeRequest, expand_images, visualize_many
 
-    req = VisualizeRequest(image=Path(image) if image is not None else None, models=listed(models),
-                           workdir=Path(workdir), out=Path(out) if out is not None else None, top_k=top_k,
-                           class_name=class_name, prototypes=prototypes, show_parts=show_parts,
-                           gallery_rows=gallery_rows, json_path=Path(json_path) if json_path is not None else None)
-    return visualize(req, make_runtime(device, precision, False), reporter(quiet, verbose))
+    images = expand_images(listed(image))
+    req = VisualizeRequest(image=None, models=listed(models), workdir=Path(workdir),
+                           out=Path(out) if out is not None else None, top_k=top_k, class_name=class_name,
+                           prototypes=prototypes, show_parts=show_parts, gallery_rows=gallery_rows,
+                           json_path=Path(json_path) if json_path is not None else None, precision=precision)
+    results = visualize_many(req, images, make_runtime(device, "fp32", False), reporter(quiet, verbose))
+    single = isinstance(image, str | Path) and len(results) == 1 and Path(image).is_file()
+    return results[0] if single or image is None else results
 
 
 def attack(models: Sequence[str] = (), *, attack: str = "head-on-stomach", eps: str | float = "8/255",

@@ -1,4 +1,4 @@
-"""What several commands print: the ``--json`` report file."""
+"""What several commands print: the ``--json`` report (a file, or ``-`` for stdout)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,19 @@ import typer
 from p2p_cli.io.atomic import atomic_write_text
 
 
+def to_stdout(path: Path | str | None) -> bool:
+    """Whether ``--json PATH`` asks for stdout (``-``): then stdout carries the JSON and nothing else."""
+    return path is not None and str(path) == "-"
+
+
 def write_json_report(path: Path | None, report: dict[str, Any], quiet: bool) -> None:
     """Write ``report`` to ``--json PATH`` (atomically) — before the tables are printed, so the file
-    exists even when stdout is a pipe that closes early (``p2p evaluate … | head``)."""
+    exists even when stdout is a pipe that closes early (``p2p evaluate … | head``); ``-`` writes it
+    to stdout (the caller then prints its tables to stderr)."""
     if path is None:
+        return
+    if to_stdout(path):
+        typer.echo(json.dumps(json_safe(report), indent=2, allow_nan=False))
         return
     atomic_write_text(path, json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
     if not quiet:

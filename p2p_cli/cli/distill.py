@@ -14,7 +14,7 @@ def distill_cmd(
     teacher: Annotated[str | None, typer.Option("--teacher", "-t", help="teacher run: a path, or a run name in "
                                                 "the workdir")] = None,
     student: Annotated[str | None, typer.Option("--student", "-s", help="student backbone from the registry "
-                                                "(default: the config's backbone)")] = None,
+                                                "(default: the config's backbone, else resnet50)")] = None,
     config: ConfigFileOpt = None,
     name: Annotated[str | None, typer.Option("--name", help="run name (default: STUDENT-METHOD)")] = None,
     overwrite: OverwriteOpt = False,
@@ -27,12 +27,14 @@ def distill_cmd(
 
     Proto2Proto (default) minimises L_ppnet + λ_global·L_global + λ_ppc·L_ppc (Eq. 6, with L_global Eq. 5
     and L_ppc Eq. 4); stage 1 (the warm epochs) trains the transfer losses only. --method none trains the
-    baseline student; hint, rkd and kd are the knowledge-distillation baselines.
+    baseline student; hint, rkd and kd are the knowledge-distillation baselines. The student takes every
+    setting it does not choose itself (data, image size, feature grid, prototypes, schedule) from the
+    teacher's run, unless --config or a flag says otherwise.
 
     Examples:
-      p2p distill -c examples/synthetic-fast.yaml -t t -s resnet18 --name s
-      p2p distill -c examples/synthetic-fast.yaml -t t --method none --name b
-      p2p distill -c examples/synthetic-fast.yaml -t t --method kd --name kd
+      p2p distill --teacher resnet50 --student resnet18
+      p2p distill --teacher resnet50 --student resnet18 --method none
+      p2p distill -c examples/cub-resnet50-to-resnet18.yaml --name cub-resnet18
     """
     from p2p_cli import api
 

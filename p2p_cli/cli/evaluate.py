@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 
 from p2p_cli.cli.command import variadic_command
-from p2p_cli.cli.common import write_json_report
-from p2p_cli.cli.evaluate_table import print_report
-from p2p_cli.cli.options import Common, JsonOpt, ModelsOpt, RunData, with_options
+from p2p_cli.cli.common import to_stdout, write_json_report
+from p2p_cli.cli.evaluate_table import print_groups, print_report
+from p2p_cli.cli.options import Common, JsonOpt, RunData, with_options
 from p2p_cli.evaluation.options import ALL_METRICS
 
 # --model, --metrics and --tau take several values after one flag
@@ -19,7 +19,9 @@ EvaluateCommand = variadic_command("--model", "-m", "--metrics", "--tau")
 
 @with_options
 def evaluate_cmd(
-    model: ModelsOpt = None,
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="model REF(s): run directories or run "
+                                                    "names in the workdir; several may follow one flag (default: "
+                                                    "every finished run in the workdir, grouped by teacher)")] = None,
     teacher: Annotated[str | None, typer.Option("--teacher", "-t", help="teacher REF (default: the teacher "
                                                 "recorded in the students' runs)")] = None,
     baseline: Annotated[str | None, typer.Option("--baseline", help="baseline student for the Δ columns "
@@ -52,13 +54,15 @@ def evaluate_cmd(
 
     AAP (Eq. 7), AJS (Eq. 8) and PMS (Algorithm 1) of Proto2Proto (Keswani et al., CVPR 2022); with
     --metrics all also consistency and stability (Huang et al., ICCV 2023). One forward pass per model,
-    cached per weights, dataset and split. The teacher is always the first row (AJS = PMS = 1); Δ against
-    the baseline student in parentheses, as in the paper's Table 2.
+    cached per weights, dataset and split. Without --model every finished run in the workdir is
+    evaluated: one table per teacher with the students distilled from it. The teacher is always the
+    first row (AJS = PMS = 1); Δ against the baseline student (--method none) in parentheses, as in the
+    paper's Table 2.
 
     Examples:
-      p2p evaluate --model baseline s
-      p2p evaluate -m baseline s -t t --metrics acc ajs pms --tau 0.1 1 inf
-      p2p evaluate --model s --metrics all --json eval.json
+      p2p evaluate --metrics aap ajs pms
+      p2p evaluate -m resnet18-none resnet18-proto2proto -t resnet50 --tau 0.1 1 inf
+      p2p evaluate --metrics all --json -
     """
     from p2p_cli import api
     from p2p_cli.runtime.distributed import launched_as_main
@@ -72,4 +76,12 @@ def evaluate_cmd(
     if not launched_as_main():  # the other ranks of a torchrun job print nothing
         return
     write_json_report(json_path, report, common.quiet)
-    print_report(report)
+    if to_stdout(json_path) and common.quiet:
+        return
+    from p2p_cli.runtime.reporter import make_console
+
+    console = make_console(stderr=to_stdout(json_path))
+    if "groups" in report:
+        print_groups(report, console)
+    else:
+        print_report(report, console)

@@ -41,7 +41,8 @@ ModelsOpt = Annotated[list[str] | None, typer.Option("--model", "-m", help="mode
 ConfigFileOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config; flags override its keys")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="replace an existing run of that name")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue an interrupted run from its snapshot")]
-JsonOpt = Annotated[Path | None, typer.Option("--json", help="also write the results as JSON to this file")]
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="also write the results as JSON to this file; - "
+                                             "writes only the JSON to stdout (the tables go to stderr)")]
 
 # The flag panels shown by --help, keyed by the first config key of each group.
 _PANELS = {"dataset": "Data", "backbone": "Model", "epochs": "Schedule", "precision": "Runtime",

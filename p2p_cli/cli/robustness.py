@@ -9,7 +9,7 @@ import typer
 
 from p2p_cli.attacks.options import ATTACKS, REGIONS
 from p2p_cli.cli.command import variadic_command
-from p2p_cli.cli.common import write_json_report
+from p2p_cli.cli.common import to_stdout, write_json_report
 from p2p_cli.cli.options import Common, JsonOpt, ModelsOpt, RunData, only, with_options
 from p2p_cli.cli.robustness_table import print_report
 
@@ -68,4 +68,10 @@ def robustness_cmd(
                         precision=data.precision, seed=common.seed, workdir=common.workdir, device=common.device,
                         quiet=common.quiet, verbose=common.verbose)
     write_json_report(json_path, report, common.quiet)
+    if to_stdout(json_path):  # stdout carries the JSON alone: the tables go to stderr
+        from p2p_cli.runtime.reporter import make_console
+
+        if not common.quiet:
+            print_report(report, make_console(stderr=True))
+        return
     print_report(report)

@@ -20,53 +20,39 @@ def _fmt(v: Any, percent: bool = False, digits: int = 3) -> str:
 
 def print_report(report: dict[str, Any], console: Any = None) -> None:
     """Rich tables of a :func:`~p2p_cli.workflows.robustness.run_robustness` report on ``console`` (default: stdout)."""
-    from rich.console import Console
-    from rich.table import Table
+    from p2p_cli.runtime.reporter import make_console, print_fitted
 
-    if console is None:
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=160)
+    console = console or make_console()
     models = report["models"]
     s = report.get("settings", {})
     if report["attack"] == "head-on-stomach":
         title = (f"head on stomach: ε = {s['eps'] * 255:.3g}/255, step {s['step'] * 255:.3g}/255, {s['iters']} steps, "
                  f"top-{s['top_k']}, region {s['region']} ({report['dataset']}, {report['precision']})")
-        table = Table(title=title, title_justify="left")
-        for col in ("model", "attacked", "success rate", "clean acc", f"adv acc (PGD-{s['adv_iters']})",
-                    "still correct", "sim clean", "sim new", "shift", "steps", "seconds"):
-            table.add_column(col, justify="left" if col == "model" else "right")
-        for name, e in models.items():
-            table.add_row(name, str(e["attacked"]), _fmt(e["success_rate"], True), _fmt(e["clean_acc"], True),
-                          _fmt(e["adv_acc"], True), _fmt(e["still_correct"], True), _fmt(e["sim_clean"]),
-                          _fmt(e["sim_new"]), _fmt(e["shift"]), _fmt(e["steps_success"], digits=1),
-                          _fmt(e["seconds"], digits=1))
-        console.print(table)
+        cols = ["model", "attacked", "success rate", "clean acc", f"adv acc (PGD-{s['adv_iters']})",
+                "still correct", "sim clean", "sim new", "shift", "steps", "seconds"]
+        rows = [[name, str(e["attacked"]), _fmt(e["success_rate"], True), _fmt(e["clean_acc"], True),
+                 _fmt(e["adv_acc"], True), _fmt(e["still_correct"], True), _fmt(e["sim_clean"]),
+                 _fmt(e["sim_new"]), _fmt(e["shift"]), _fmt(e["steps_success"], digits=1),
+                 _fmt(e["seconds"], digits=1)] for name, e in models.items()]
+        print_fitted(console, title, cols, rows)
         teacher = report.get("teacher")
         if teacher and models[teacher].get("transfer"):
-            t = Table(title=f"transfer: the teacher '{teacher}''s adversarial images shown to its students "
-                            "(same prototype index)", title_justify="left")
-            for col in ("student", "teacher moved", "student moved | teacher moved", "student moved (all)",
-                        "student, random noise", "teacher, random noise"):
-                t.add_column(col, justify="left" if col == "student" else "right")
-            for name, e in models[teacher]["transfer"].items():
-                t.add_row(name, f"{e['teacher_moved']}/{e['attacked']}", _fmt(e["transfer_rate"], True),
-                          _fmt(e["student_moved"], True), _fmt(e["student_moved_random"], True),
-                          _fmt(e["teacher_moved_random"], True))
-            console.print(t)
+            cols = ["student", "teacher moved", "student moved | teacher moved", "student moved (all)",
+                    "student, random noise", "teacher, random noise"]
+            rows = [[name, f"{e['teacher_moved']}/{e['attacked']}", _fmt(e["transfer_rate"], True),
+                     _fmt(e["student_moved"], True), _fmt(e["student_moved_random"], True),
+                     _fmt(e["teacher_moved_random"], True)] for name, e in models[teacher]["transfer"].items()]
+            print_fitted(console, f"transfer: the teacher '{teacher}''s adversarial images shown to its students "
+                         "(same prototype index)", cols, rows)
     else:
         title = (f"JPEG quality {s['quality']}: clean vs compressed test images ({report['dataset']}, "
                  f"{report['precision']})")
-        table = Table(title=title, title_justify="left")
-        for col in ("model", "images", "acc clean", "acc JPEG", "top sim clean", "top sim JPEG", "ρ mean",
-                    "ρ median", "top-1 changed", f"top-{s['top_k']} changed", f"top-{s['top_k']} overlap",
-                    "location moved"):
-            table.add_column(col, justify="left" if col == "model" else "right")
-        for name, e in models.items():
-            table.add_row(name, str(e["images"]), _fmt(e["acc_clean"], True), _fmt(e["acc_jpeg"], True),
-                          _fmt(e["top_sim_clean"]), _fmt(e["top_sim_jpeg"]), _fmt(e["rho_mean"]),
-                          _fmt(e["rho_median"]), _fmt(e["top1_changed"], True), _fmt(e["topk_changed"], True),
-                          _fmt(e["topk_overlap"]), _fmt(e["location_moved"], True))
-        console.print(table)
+        cols = ["model", "images", "acc clean", "acc JPEG", "top sim clean", "top sim JPEG", "ρ mean", "ρ median",
+                "top-1 changed", f"top-{s['top_k']} changed", f"top-{s['top_k']} overlap", "location moved"]
+        rows = [[name, str(e["images"]), _fmt(e["acc_clean"], True), _fmt(e["acc_jpeg"], True),
+                 _fmt(e["top_sim_clean"]), _fmt(e["top_sim_jpeg"]), _fmt(e["rho_mean"]), _fmt(e["rho_median"]),
+                 _fmt(e["top1_changed"], True), _fmt(e["topk_changed"], True), _fmt(e["topk_overlap"]),
+                 _fmt(e["location_moved"], True)] for name, e in models.items()]
+        print_fitted(console, title, cols, rows)
     for path in report.get("figures", []):
         console.print(f"wrote {path}")

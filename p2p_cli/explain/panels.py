@@ -27,6 +27,9 @@ from p2p_cli.viz import figures, html, render
 from p2p_cli.viz.explanation import PartBoxes, display_name, signed, to_original, verdict, where_it_fires, with_parts
 from p2p_cli.viz.tree import tree_figure
 
+THUMB = 112
+"""CSS width of the HTML tables' thumbnails (JPEG at twice that for high-density screens)."""
+
 
 def explanation_column(run: LoadedRun, exp: Explanation, disp: np.ndarray, parts: PartBoxes, cache: SourceCache,
                        long_side: int, true_label: int | None) -> figures.Column:
@@ -82,8 +85,10 @@ def explanation_table(run: LoadedRun, exp: Explanation, col: figures.Column) -> 
         src = (rec.get("source") or {}).get("path", "–")
         table.rows.append([ev.rank, ev.prototype, ", ".join(display_name(run.classes[c]) for c in ev.classes),
                            ev.similarity, ev.weight, ev.contribution,
-                           html.Image(render.png_bytes(cell.left), f"prototype {ev.prototype} on the image", width=112),
-                           html.Image(render.png_bytes(cell.right), f"prototype {ev.prototype} patch", width=112),
+                           html.Image(render.jpeg_bytes(cell.left, long_side=2 * THUMB),
+                                      f"prototype {ev.prototype} on the image", width=THUMB),
+                           html.Image(render.jpeg_bytes(cell.right, long_side=2 * THUMB),
+                                      f"prototype {ev.prototype} patch", width=THUMB),
                            str(src)])
     return table
 

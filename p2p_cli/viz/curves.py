@@ -11,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from p2p_cli.viz.render import compact_png
+
 LOSS_TERMS = ("total", "ce", "clst", "sep", "ppc", "global", "hint", "rkd_distance", "rkd_angle", "kd")
 
 
@@ -62,4 +64,4 @@ def plot_training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> byt
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    return buf.getvalue()
+    return compact_png(buf.getvalue())

@@ -4,8 +4,9 @@ Both figures are grids with one *column per model* and one *row per prototype*. 
 has three sub-columns: two images (e.g. where the prototype fires on the test image, and the
 prototype's source patch) and a narrow text panel, so that labels never overlap the images.
 An optional header row shows per model an image and a few lines (the prediction). Figures are
-saved at :data:`DPI` with image cells of :data:`CELL_IN` inches, i.e. ~2× enlargement for the
-112-px synthetic images. Pure functions: arrays and strings in, PNG bytes out.
+saved at screen resolution (:data:`DPI`) with image cells of :data:`CELL_IN` inches (150 px: the
+112-px synthetic images enlarged 1.3×) as 256-colour PNGs (:func:`~p2p_cli.viz.render.compact_png`),
+under 1 MB each. Pure functions: arrays and strings in, PNG bytes out.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-DPI = 150
-CELL_IN = 1.5  # image cell side (inches): 225 px at DPI
+from p2p_cli.viz.render import compact_png
+
+DPI = 100
+CELL_IN = 1.5  # image cell side (inches): 150 px at DPI
 TEXT_IN = 1.95  # text panel width (inches)
 GAP_IN = 0.35  # gap between model columns
 FONT = 8.0
@@ -158,4 +161,4 @@ def panel_figure(columns: list[Column], *, title: str, left_label: str, right_la
             _text_panel(box(x + 2 * CELL_IN + 0.16, y, TEXT_IN - 0.16, CELL_IN), cell)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
-    return buf.getvalue()
+    return compact_png(buf.getvalue())

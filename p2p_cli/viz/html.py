@@ -1,4 +1,4 @@
-"""A self-contained HTML page: headings, paragraphs, tables and PNG images embedded as base64.
+"""A self-contained HTML page: headings, paragraphs, tables and PNG or JPEG images embedded as base64.
 
 The page needs no other file and no network (no scripts, no external CSS or fonts), so it can
 be mailed or archived as is. All text is HTML-escaped.
@@ -27,7 +27,8 @@ td img{display:block;image-rendering:auto}
 
 @dataclass
 class Image:
-    """A PNG to embed; ``width`` in CSS pixels (None: natural size, shrunk to the page)."""
+    """A PNG or JPEG (``png`` holds either's bytes) to embed; ``width`` in CSS pixels (None: natural
+    size, shrunk to the page)."""
 
     png: bytes
     alt: str
@@ -43,8 +44,10 @@ class Table:
     rows: list[list[object]] = field(default_factory=list)
 
 
-def data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+def data_uri(data: bytes) -> str:
+    """``data:image/png;base64,…`` (or ``image/jpeg`` for JPEG bytes)."""
+    mime = "image/jpeg" if data[:3] == b"\xff\xd8\xff" else "image/png"
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
 def _img_tag(img: Image) -> str:

@@ -142,6 +142,29 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+JPEG_QUALITY = 90
+
+
+def jpeg_bytes(image: np.ndarray, *, long_side: int | None = None, quality: int = JPEG_QUALITY) -> bytes:
+    """Encode a uint8 photo-like image (a crop, a heat map on an image) as JPEG, first shrunk to
+    ``long_side`` pixels when it is larger (the size it is shown at): a tenth of a PNG's bytes."""
+    if long_side is not None and max(image.shape[:2]) > long_side:
+        image = fit_long_side(image, long_side)
+    buf = io.BytesIO()
+    Image.fromarray(as_uint8_rgb(image)).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def compact_png(png: bytes) -> bytes:
+    """A figure's PNG with a 256-colour palette (median cut, Floyd–Steinberg dithering): text and
+    lines stay sharp, photos and heat maps dither invisibly at screen resolution; 3-5× smaller."""
+    with Image.open(io.BytesIO(png)) as im:
+        quantized = im.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG)
+    buf = io.BytesIO()
+    quantized.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
 def placeholder(size: tuple[int, int], text: str) -> np.ndarray:
     """A grey ``size`` = (width, height) tile with ``text`` centred (for a missing image)."""
     img = Image.new("RGB", size, (215, 215, 215))

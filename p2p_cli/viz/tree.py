@@ -11,7 +11,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-DPI = 130
+from p2p_cli.viz.render import compact_png
+
+DPI = 100  # screen resolution
 
 
 def _layout(node: Any, depth: int, pos: dict[int, tuple[float, int]], counter: list[int]) -> float:
@@ -75,8 +77,8 @@ def tree_figure(root: Any, node_images: dict[int, np.ndarray], leaf_lines: dict[
 
     draw(root)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, facecolor="white", pil_kwargs={"optimize": True})
-    return buf.getvalue()
+    fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
+    return compact_png(buf.getvalue())
 
 
 def _rect(x: float, y: float, w: float, h: float, color: str, lw: float):

@@ -17,8 +17,8 @@ import torch
 from p2p_cli.data.loaders import build_datasets
 from p2p_cli.errors import P2PError
 from p2p_cli.io.checkpoint import weights_hash
-from p2p_cli.io.config import TrainConfig
-from p2p_cli.io.rundir import RunDir
+from p2p_cli.io.config import KEYS, TrainConfig, build_config, read_config_file
+from p2p_cli.io.rundir import RunDir, resolve_ref
 from p2p_cli.losses.registry import get_method
 from p2p_cli.models.factory import build_model
 from p2p_cli.models.protopnet import PrototypeNetwork
@@ -30,14 +30,50 @@ from p2p_cli.training.distillation import DistillObjective
 from p2p_cli.training.objectives import TaskObjective
 from p2p_cli.training.trainer import Trainer
 from p2p_cli.workflows.runs import open_run, training_adversary, write_environment, write_run_config
+from p2p_cli.workflows.train_defaults import loss_weights, precision_name, with_estimate
+
+STUDENT_KEYS = ("backbone", "pretrained", "weights", "compile", "teacher", "method", "lambda_global", "lambda_ppc",
+                "tau_train", "ppnet_loss", "head", "fidelity", "kd_weight", "kd_temperature")
+"""Config keys a student chooses for itself; every other key (data, grid, prototypes, schedule)
+defaults to its teacher's run."""
+
+
+def find_teacher(ref: str | None, workdir: Path) -> RunDir:
+    """The teacher's run directory; when ``ref`` names no run but a registered backbone, the error
+    says which command trains it."""
+    if not ref:
+        raise P2PError("distill needs a teacher: --teacher REF (a run directory or a run name in the workdir)")
+    try:
+        return resolve_ref(ref, workdir)
+    except P2PError:
+        from p2p_cli.models.registry import list_backbones
+
+        if ref in {spec.name for spec in list_backbones()}:
+            raise P2PError(f"no teacher run '{ref}' in {workdir}; train it first: p2p train-teacher --backbone {ref}"
+                           + ("" if Path(workdir) == Path("runs") else f" --workdir {workdir}")) from None
+        raise
+
+
+def distill_config(path: str | Path | None, overrides: dict[str, Any], workdir: Path
+                   ) -> tuple[TrainConfig, str | None]:
+    """(the student's config, the name of the schedule when no file is given, else None).
+
+    Defaults ← the teacher run's settings (all but :data:`STUDENT_KEYS`) ← the YAML file ←
+    flags, so a teacher and its students agree on data and grid without repeating flags.
+    """
+    file_values = read_config_file(path) if path else {}
+    ref = overrides.get("teacher") or file_values.get("teacher")
+    run = find_teacher(str(ref) if ref else None, workdir)
+    inherited = {k: v for k, v in run.read_config().items() if k in KEYS and k not in STUDENT_KEYS}
+    cfg = build_config({**inherited, **file_values}, overrides, source=str(path) if path else str(run.config_path))
+    return cfg, None if path else f"the settings of teacher run '{run.name}'"
 
 
 def load_teacher(ref: str | None, workdir: Path, rt: Runtime) -> LoadedRun:
     """Resolve and load the teacher run, check it finished training, record its weights hash
     (``LoadedRun.weights``) and move it to ``rt.device``, frozen, in eval mode."""
-    if not ref:
-        raise P2PError("distill needs a teacher: --teacher REF (a run directory or a run name in the workdir)")
-    teacher = load_run(ref, workdir)
+    find_teacher(ref, workdir)
+    teacher = load_run(str(ref), workdir)
     if str(teacher.meta.get("stage")) != "final":
         raise P2PError(f"teacher '{ref}' is not a trained run (stage {teacher.meta.get('stage')})")
     _ = teacher.weights  # the hash of the weights as loaded, before any training
@@ -76,8 +112,10 @@ def check_compatible(teacher: PrototypeNetwork, student: PrototypeNetwork, cfg: 
 
 
 def distill(cfg: TrainConfig, *, workdir: Path, name: str, rt: Runtime, reporter: Reporter,
-            overwrite: bool = False, resume: bool = False) -> tuple[RunDir, dict[str, Any]]:
-    """Train a student of ``cfg.teacher`` with ``cfg.method`` into ``workdir/name``."""
+            overwrite: bool = False, resume: bool = False, schedule: str | None = None
+            ) -> tuple[RunDir, dict[str, Any]]:
+    """Train a student of ``cfg.teacher`` with ``cfg.method`` into ``workdir/name``; ``schedule``
+    (where the settings came from, without a config) adds the line with the estimated time."""
     set_deterministic(cfg.deterministic)
     t0 = time.perf_counter()
     method = get_method(cfg.method)
@@ -115,7 +153,10 @@ def distill(cfg: TrainConfig, *, workdir: Path, name: str, rt: Runtime, reporter
             write_environment(run, rt)
         reporter.info(f"[bold]distill[/] {name}: {teacher.config.backbone} ({loaded.run.name}) → {cfg.backbone}, "
                       f"method {cfg.method}, head {head}, fidelity {cfg.fidelity}; {student.num_prototypes} "
-                      f"prototypes × D={student.prototype_depth}, device {rt.device}")
+                      f"prototypes × D={student.prototype_depth}, device {rt.device}, precision {precision_name(rt)}")
+        if schedule is not None:
+            reporter = with_estimate(reporter, cfg, schedule, data)
+        reporter.loss_weights = loss_weights(cfg)
         trainer = Trainer(cfg, student, objective, data, rt, run, reporter, head_frozen=head_frozen,
                           metadata={"role": "student", "teacher": teacher_info, "method": cfg.method,
                                     "head": head, "fidelity": cfg.fidelity},

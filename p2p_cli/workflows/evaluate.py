@@ -26,6 +26,7 @@ import numpy as np
 from p2p_cli.data.images import parts_in_input
 from p2p_cli.data.index import Sample
 from p2p_cli.data.loaders import load_dataset_index
+from p2p_cli.errors import P2PError
 from p2p_cli.evaluation.cache import ActivationCache, key_id, save_activations
 from p2p_cli.evaluation.collect import CollectedArrays, collect_arrays, split_samples
 from p2p_cli.evaluation.options import (
@@ -38,8 +39,9 @@ from p2p_cli.io.config import TrainConfig, with_overrides
 from p2p_cli.models.runs import LoadedRun
 from p2p_cli.runtime.device import Runtime, make_runtime
 from p2p_cli.runtime.reporter import Reporter
+from p2p_cli.workflows.evaluate_groups import group_runs
 
-__all__ = ["evaluate_models"]
+__all__ = ["evaluate_models", "evaluate_workdir"]
 
 PAPER_KEYS = ("acc", "aap", "ajs", "pms")
 """The paper's columns, first in every row of the report, in this order."""
@@ -122,6 +124,27 @@ def evaluate_models(model_refs: Sequence[str], *, workdir: Path, teacher: str | 
                          opts.noise_seed)
         report["activations_dir"] = str(opts.save_activations)
     return report
+
+
+def evaluate_workdir(workdir: Path, *, options: EvalOptions | None = None, reporter: Reporter | None = None
+                     ) -> dict[str, Any]:
+    """Evaluate every finished run of ``workdir``, one report per teacher with its students
+    (:func:`~p2p_cli.workflows.evaluate_groups.group_runs`, :func:`evaluate_models`).
+
+    Returns ``{"workdir": PATH, "groups": [REPORT, ...], "seconds": float}``; a group that cannot
+    be evaluated (its teacher deleted, another dataset) becomes ``{"teacher": NAME, "students":
+    [...], "error": TEXT}``."""
+    t0 = time.perf_counter()
+    reports: list[dict[str, Any]] = []
+    for group in group_runs(workdir):
+        try:
+            reports.append(evaluate_models(group.members, workdir=workdir, teacher=group.teacher,
+                                           baseline=group.baseline, options=options, reporter=reporter))
+        except P2PError as exc:
+            reports.append({"teacher": group.teacher, "students": group.members, "error": str(exc)})
+    if all("error" in r for r in reports):
+        raise P2PError(reports[0]["error"])
+    return {"workdir": str(workdir), "groups": reports, "seconds": time.perf_counter() - t0}
 
 
 def _reference_config(rows: list[LoadedRun], teacher: LoadedRun, opts: EvalOptions) -> TrainConfig:

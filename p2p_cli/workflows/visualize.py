@@ -6,7 +6,10 @@ Orchestration only: the explanations are :mod:`p2p_cli.explain`, the pixels :mod
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +32,11 @@ from p2p_cli.io.atomic import atomic_write_bytes, atomic_write_json, atomic_writ
 from p2p_cli.io.checkpoint import read_metadata
 from p2p_cli.io.rundir import RunDir, list_runs
 from p2p_cli.models.runs import LoadedRun, load_run
-from p2p_cli.runtime.device import Runtime
+from p2p_cli.runtime.device import Runtime, resolve_precision
 from p2p_cli.runtime.reporter import Reporter
 from p2p_cli.viz import html
 from p2p_cli.viz.explanation import boxes_on_display
+from p2p_cli.workflows.predict import collect_images
 
 QUICKSTART_NAMES = ("teacher", "baseline", "proto2proto")
 """Runs that ``p2p visualize`` shows by default, in this order, when they exist."""
@@ -53,6 +57,7 @@ class VisualizeRequest:
     show_parts: bool = False
     gallery_rows: int = 10
     json_path: Path | None = None
+    precision: str | None = None  # None: each model at the precision it was trained with
 
 
 @dataclass
@@ -76,6 +81,7 @@ class _Job:
     sample: Sample | None
     split: str | None
     page: html.Page
+    runtimes: dict[str, Runtime]  # per run name: the run's own precision (or --precision)
     cache: SourceCache = field(default_factory=SourceCache)
     files: dict[str, Path] = field(default_factory=dict)
     lines: list[str] = field(default_factory=list)
@@ -146,11 +152,29 @@ def _load(ref: str, workdir: Path, rt: Runtime) -> LoadedRun:
     return run.to(rt.device)
 
 
-def visualize(req: VisualizeRequest, rt: Runtime, reporter: Reporter) -> VisualizeResult:
-    if req.image is None and not (req.prototypes and req.class_name):
-        raise P2PError("give --image IMG (or --prototypes with --class NAME for the gallery alone)")
-    if req.top_k < 1:
-        raise P2PError(f"--top-k must be >= 1, got {req.top_k}")
+def expand_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files from ``--image`` values: files, folders (their images, recursively) and glob
+    patterns (``'photos/*.jpg'``), in order, each once."""
+    paths: list[Path] = []
+    for item in inputs:
+        text = str(item)
+        if not Path(text).exists() and any(c in text for c in "*?["):
+            matches = sorted(glob.glob(text, recursive=True))
+            if not matches:
+                raise P2PError(f"--image {text}: no file matches the pattern")
+            paths += collect_images([Path(m) for m in matches])
+        elif Path(text).exists():
+            paths += collect_images([Path(text)])
+        else:
+            raise P2PError(f"--image {text}: no such file or folder")
+    unique = list(dict.fromkeys(paths))
+    if not unique and inputs:
+        raise P2PError(f"--image {' '.join(map(str, inputs))}: no image found (extensions .jpg, .png, …)")
+    return unique
+
+
+def load_runs(req: VisualizeRequest, rt: Runtime) -> list[LoadedRun]:
+    """The runs to explain with (``req.models``, else :func:`default_model_runs`), on ``rt``'s device."""
     refs = list(req.models) if req.models else [str(r.path) for r in default_model_runs(req.workdir)]
     runs = [_load(ref, req.workdir, rt) for ref in refs]
     if req.prototypes:
@@ -159,6 +183,35 @@ def visualize(req: VisualizeRequest, rt: Runtime, reporter: Reporter) -> Visuali
     if len(set(names)) != len(names):  # two runs with the same directory name: tell them apart
         for i, b in enumerate(runs):
             b.name = f"{b.name}#{i + 1}"
+    return runs
+
+
+def visualize_many(req: VisualizeRequest, images: Sequence[Path], rt: Runtime, reporter: Reporter
+                   ) -> list[VisualizeResult]:
+    """:func:`visualize` for each image with the runs loaded once; each image's files go to
+    ``OUT/IMAGE-STEM`` (``OUT`` default ``WORKDIR/visualizations``)."""
+    if len(images) <= 1:
+        return [visualize(dataclasses.replace(req, image=images[0] if images else None), rt, reporter)]
+    runs = load_runs(req, rt)
+    root = req.out or req.workdir / "visualizations"
+    stems = Counter(p.stem for p in images)
+    results = []
+    for n, image in enumerate(images):
+        name = image.stem if stems[image.stem] == 1 else f"{image.stem}-{n + 1}"
+        one = dataclasses.replace(req, image=image, out=root / name,
+                                  json_path=req.json_path and req.json_path.with_name(f"{name}.json"))
+        results.append(visualize(one, rt, reporter, runs))
+    return results
+
+
+def visualize(req: VisualizeRequest, rt: Runtime, reporter: Reporter,
+              runs: list[LoadedRun] | None = None) -> VisualizeResult:
+    """Explain ``req.image`` with ``runs`` (default :func:`load_runs`); write the figures and the page."""
+    if req.image is None and not (req.prototypes and req.class_name):
+        raise P2PError("give --image IMG (or --prototypes with --class NAME for the gallery alone)")
+    if req.top_k < 1:
+        raise P2PError(f"--top-k must be >= 1, got {req.top_k}")
+    runs = runs if runs is not None else load_runs(req, rt)
     out = req.out or (req.workdir / "visualizations" / (req.image.stem if req.image else f"gallery-{req.class_name}"))
     out.mkdir(parents=True, exist_ok=True)
     job = _open(req, rt, runs, out, reporter)
@@ -215,8 +268,10 @@ def _open(req: VisualizeRequest, rt: Runtime, runs: list[LoadedRun], out: Path, 
         if not sample.parts:
             raise P2PError(f"--show-parts: the dataset at {index.root if index else ''} has no part annotations")
     long_side = max(DISPLAY_MIN, max(b.image_size for b in runs))
+    runtimes = {b.name: dataclasses.replace(rt, amp_dtype=resolve_precision(
+        req.precision or (b.config.precision if b.config else "auto"), rt.device)) for b in runs}
     return _Job(req, rt, out, long_side, pil, index, sample, found[1] if found else None,
-                sections.new_page(req.image, pil, runs))
+                sections.new_page(req.image, pil, runs), runtimes)
 
 
 def _tree(job: _Job, b: LoadedRun) -> dict[str, Any]:
@@ -228,7 +283,7 @@ def _tree(job: _Job, b: LoadedRun) -> dict[str, Any]:
     highlight: set = set()
     if job.pil is not None:
         region = sample_region(job.sample, job.pil, b.crop_bbox)
-        path = tree_path(model, model_input(job.pil, b.image_size, region), job.rt)
+        path = tree_path(model, model_input(job.pil, b.image_size, region), job.runtimes[b.name])
         disp = display_image(job.pil, job.long_side, region)
         highlight = {("p", st.prototype) for st in path.steps} | {("l", path.leaf)}
         png = panels.decision_path_figure(b, path, disp, job.cache, job.long_side, job.true_label)
@@ -251,7 +306,8 @@ def _explanations(job: _Job, nets: list[LoadedRun], records: list[dict[str, Any]
     for b in nets:
         cls = class_index(req.class_name, b.classes) if req.class_name else None
         region = sample_region(job.sample, pil, b.crop_bbox)
-        exp = explain(b.model, model_input(pil, b.image_size, region), job.rt, top_k=req.top_k,  # type: ignore[arg-type]
+        exp = explain(b.model, model_input(pil, b.image_size, region), job.runtimes[b.name],  # type: ignore[arg-type]
+                      top_k=req.top_k,
                       class_index=cls)
         disp = display_image(pil, job.long_side, region)
         explanations.append(exp)
@@ -282,7 +338,7 @@ def _gallery(job: _Job, runs: list[LoadedRun], explanations: list[Explanation], 
     else:  # ProtoTree runs only: no top-k explanation chose a class
         raise P2PError("--prototypes with ProtoTree runs needs --class NAME (the class whose prototypes to show)")
     assert teacher.config is not None
-    acts = base_activations(runs, job.index, "test", req.workdir, job.rt,
+    acts = base_activations(runs, job.index, "test", req.workdir, job.runtimes[teacher.name],
                             batch_size=int(teacher.config.test_batch_size), reporter=reporter)
     argmins = [a.argmin.astype(np.int64) for a in acts]
     grids = [tuple(a.grid) for a in acts]
