@@ -101,8 +101,8 @@ def main() -> None:
         typer.echo(f"Error: {user_message(exc)}", err=True)
         sys.exit(2)
     except OSError as exc:  # the file system's faults (disk full, read-only, permissions): one line
-        typer.echo(f"error: {os_error_message(exc)}", err=True)
-        sys.exit(1)
+        typer.echo(f"Error: {os_error_message(exc)}", err=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
