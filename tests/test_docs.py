@@ -24,6 +24,9 @@ CALL = re.compile(r"(?:^|[\s`(])(?:p2p|-m p2p_cli)\s+(.*)")
 def test_every_config_key_is_documented():
     missing = [k for k in KEYS if f"| `{k}` |" not in README]
     assert not missing
+    table = README.split("\n**Every key:**\n", 1)[1].split("\n## ", 1)[0]
+    documented = re.findall(r"^\| `([a-z_0-9]+)` \|", table, flags=re.M)
+    assert len(documented) == len(set(documented)) and not set(documented) - set(KEYS), documented
 
 
 def test_every_command_is_documented():
