@@ -46,6 +46,15 @@ def test_the_readme_is_a_manual_with_its_sections_in_order():
     assert "spec §" not in README.lower() and "SPEC" not in README
 
 
+def test_the_readme_links_files_that_exist_and_small_images():
+    links = re.findall(r"\]\(((?:docs/|CHANGELOG)[^)#]*)(?:#[^)]*)?\)", README)
+    assert any(link.startswith("docs/images/") for link in links), links  # the figure
+    missing = [link for link in links if not (ROOT / link).is_file()]
+    assert not missing, missing
+    for image in (ROOT / "docs" / "images").iterdir():
+        assert image.stat().st_size <= 300_000, image  # small enough to travel with the repository
+
+
 def command_lines(text: str) -> list[str]:
     """Every ``p2p …`` invocation in the text's code blocks and inline code spans, one per command
     (a line is cut at comments, ``&&``, pipes and ``;``)."""
