@@ -107,3 +107,14 @@ def test_missing_root_and_unknown_kind_raise(tmp_path: Path) -> None:
         check_dataset("cub", tmp_path / "absent")
     with pytest.raises(P2PError, match="did you mean 'folder'"):
         check_dataset("folders", tmp_path)
+
+
+def test_folder_without_a_split_says_how_it_was_split(tmp_path: Path) -> None:
+    for cls in ("a", "b"):
+        for k in range(5):
+            (tmp_path / "f" / cls).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (20, 20), (40 * k, 10 if cls == "a" else 200, 0)).save(tmp_path / "f" / cls / f"{k}.png")
+    rows = by_check(check_dataset("folder", tmp_path / "f"))
+    assert rows["split"].status == "warn" and "every 5th image" in rows["split"].detail
+    assert "train 8, test 2" in rows["images"].detail
+    assert "error" not in {r.status for r in rows.values()}, rows

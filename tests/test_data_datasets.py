@@ -271,6 +271,28 @@ def test_folder_reader(tmp_path: Path) -> None:
     one_line_error(exc, str(root / "train" / "emu"), "no images")
 
 
+def test_folder_without_a_split_holds_out_every_fifth_image(tmp_path: Path) -> None:
+    root = tmp_path / "flowers"
+    for cls, n in (("rose", 6), ("tulip", 10), ("daisy", 3)):
+        for k in range(n):
+            save_image(root / cls / f"{k:02d}.png", colour=(10 * k, 90, 150))
+    (root / ".thumbs").mkdir()  # hidden: not a class
+    index, issues = READERS["folder"].read(root)
+    assert index.classes == ["daisy", "rose", "tulip"]
+    test = sorted((index.classes[s.label], s.path.name) for s in index.test)
+    assert test == [("rose", "04.png"), ("tulip", "04.png"), ("tulip", "09.png")]  # the 5th and 10th
+    assert len(index.train) == 3 + 5 + 8
+    assert not {s.path for s in index.train} & {s.path for s in index.test}
+    checks = {(i.check, i.status) for i in issues}
+    assert ("split", "warn") in checks and ("empty classes", "warn") in checks  # daisy: 3 images, none held out
+    assert load_index("folder", root).test == index.test  # warnings do not stop loading
+
+    (root / "train").mkdir()  # half a split is not "no split": the split layout's error
+    with pytest.raises(P2PError) as exc:
+        load_index("folder", root)
+    one_line_error(exc, str(root / "test"), "folder not found", "without a split")
+
+
 def test_kind_and_root_errors(tmp_path: Path) -> None:
     with pytest.raises(P2PError) as exc:
         load_index("cubb", tmp_path)
