@@ -1,6 +1,6 @@
 """The bad-input suite: hostile flags, files and checkpoints, each through the real CLI in-process.
 
-Every case must end with a non-zero exit, exactly one line on stderr (``error: …`` naming the
+Every case must end with a non-zero exit, exactly one line on stderr (``Error: …`` naming the
 problem), no traceback, and the workdir byte-identical (the finished run in it untouched). All
 cases fail before any training, so the whole suite takes seconds.
 """
@@ -149,6 +149,6 @@ def test_bad_input_is_one_line_and_changes_nothing(case, base, tmp_path, capsys)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code != 0, err
     assert "Traceback" not in err, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert len(lines) == 1 and lines[0].startswith("Error: "), err
     assert expect in lines[0], err
     assert digest(base) == before, "the workdir changed"

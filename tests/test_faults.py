@@ -85,7 +85,7 @@ def test_two_writers_of_one_run_exactly_one_proceeds(workdir):
     codes = sorted(r[3] for r in results)
     assert codes == [0, 2], results
     (winner, *_), (_, _, err, _) = sorted(results, key=lambda r: r[3])
-    assert error_lines(err) == [f"error: run '{workdir / 't'}' is being written by another p2p process "
+    assert error_lines(err) == [f"Error: run '{workdir / 't'}' is being written by another p2p process "
                                 f"(pid {winner}); wait for it to finish or choose another --name"]
     assert sorted(p.name for p in workdir.iterdir()) == ["t", "tiny.yaml"]  # no staging, no lock left
 
@@ -144,7 +144,7 @@ def test_resume_with_another_config_names_the_key_and_cleans_stale_temporaries(t
     stale.write_bytes(b"half a snapshot")
     code, _, err = run_cli([*args, "--resume", "--epochs", "5"], capsys)
     assert code == 2 and error_lines(err) == [
-        f"error: --resume: config key 'epochs' is 5 but run '{run}' was started with 3; resume with the run's "
+        f"Error: --resume: config key 'epochs' is 5 but run '{run}' was started with 3; resume with the run's "
         "settings (its config.yaml) or start a new run"], err
     assert not stale.exists()
     assert "epochs: 3" in (run / "config.yaml").read_text()
@@ -183,7 +183,7 @@ def test_full_disk_is_one_line_and_keeps_the_last_good_snapshot(tmp_path):
               f"print('step', json.loads(f.metadata()['snapshot'])['step'])\"; ls {disk}/t")
     done = subprocess.run([*prefix, "sh", "-c", script], capture_output=True, text=True, timeout=300)
     lines = error_lines(done.stderr)
-    assert len(lines) == 1 and lines[0].startswith("error: no space left on device: ") and \
+    assert len(lines) == 1 and lines[0].startswith("Error: no space left on device: ") and \
         "Traceback" not in done.stderr, done.stderr
     assert "rc=1" in done.stdout
     assert ".tmp" not in done.stdout  # the half-written snapshot was removed
@@ -209,7 +209,7 @@ def test_evaluate_works_in_a_read_only_workdir(workdir):
         assert "activation cache not written" in evaluated.stderr and "Traceback" not in evaluated.stderr
         trained = p2p(*train_args(workdir, "--name", "u"), prefix=prefix)
         assert trained.returncode == 1 and "Traceback" not in trained.stderr, trained.stderr
-        assert error_lines(trained.stderr)[0].startswith(("error: read-only file system: ", "error: permission denied"))
+        assert error_lines(trained.stderr)[0].startswith(("Error: read-only file system: ", "Error: permission denied"))
     finally:
         if prefix == []:
             for p in [workdir, *workdir.rglob("*")]:
@@ -255,7 +255,7 @@ def test_push_to_an_existing_name_that_fails_keeps_the_old_run(workdir, capsys, 
     code, _, err = run_cli(["push-prototypes", "--workdir", str(workdir), "-m", "t", "--name", "p", "--overwrite",
                             "--device", "cpu", "-q"], capsys)
     assert code == 1 and error_lines(err) == [
-        f"error: no space left on device: '{workdir / '.p.overwrite' / 'p' / 'prototypes'}' "
+        f"Error: no space left on device: '{workdir / '.p.overwrite' / 'p' / 'prototypes'}' "
         "(free some space or choose another --workdir)"], err
     assert digest(workdir / "p") == old
     assert sorted(p.name for p in workdir.iterdir()) == ["p", "t", "tiny.yaml"]

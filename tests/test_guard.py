@@ -78,7 +78,7 @@ def test_nan_in_a_later_step_stops_training_and_keeps_the_last_good_snapshot(tmp
                             "--device", "cpu", "-q"], capsys)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, err
-    assert lines[0].startswith("error: step 2/5 (joint, epoch 2, batch 1): loss term 'clst' is nan"), err
+    assert lines[0].startswith("Error: step 2/5 (joint, epoch 2, batch 1): loss term 'clst' is nan"), err
     run = tmp_path / "t"
     assert not (run / "model.safetensors").exists()
     from safetensors import safe_open

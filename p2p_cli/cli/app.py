@@ -101,7 +101,7 @@ def main() -> None:
         typer.echo(f"Error: {user_message(exc)}", err=True)
         sys.exit(2)
     except OSError as exc:  # the file system's faults (disk full, read-only, permissions): one line
-        typer.echo(f"error: {os_error_message(exc)}", err=True)
+        typer.echo(f"Error: {os_error_message(exc)}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
