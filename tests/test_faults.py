@@ -185,7 +185,7 @@ def test_full_disk_is_one_line_and_keeps_the_last_good_snapshot(tmp_path):
     lines = error_lines(done.stderr)
     assert len(lines) == 1 and lines[0].startswith("Error: no space left on device: ") and \
         "Traceback" not in done.stderr, done.stderr
-    assert "rc=1" in done.stdout
+    assert "rc=2" in done.stdout
     assert ".tmp" not in done.stdout  # the half-written snapshot was removed
     step = int(done.stdout.split("step ")[1].split()[0])
     assert step >= 1  # the last good snapshot is kept for --resume
@@ -208,7 +208,7 @@ def test_evaluate_works_in_a_read_only_workdir(workdir):
         assert evaluated.returncode == 0, evaluated.stderr
         assert "activation cache not written" in evaluated.stderr and "Traceback" not in evaluated.stderr
         trained = p2p(*train_args(workdir, "--name", "u"), prefix=prefix)
-        assert trained.returncode == 1 and "Traceback" not in trained.stderr, trained.stderr
+        assert trained.returncode == 2 and "Traceback" not in trained.stderr, trained.stderr
         assert error_lines(trained.stderr)[0].startswith(("Error: read-only file system: ", "Error: permission denied"))
     finally:
         if prefix == []:
@@ -254,7 +254,7 @@ def test_push_to_an_existing_name_that_fails_keeps_the_old_run(workdir, capsys, 
     monkeypatch.setattr(push_workflow, "save_prototype_images", full)
     code, _, err = run_cli(["push-prototypes", "--workdir", str(workdir), "-m", "t", "--name", "p", "--overwrite",
                             "--device", "cpu", "-q"], capsys)
-    assert code == 1 and error_lines(err) == [
+    assert code == 2 and error_lines(err) == [
         f"Error: no space left on device: '{workdir / '.p.overwrite' / 'p' / 'prototypes'}' "
         "(free some space or choose another --workdir)"], err
     assert digest(workdir / "p") == old

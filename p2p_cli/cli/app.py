@@ -102,7 +102,7 @@ def main() -> None:
         sys.exit(2)
     except OSError as exc:  # the file system's faults (disk full, read-only, permissions): one line
         typer.echo(f"Error: {os_error_message(exc)}", err=True)
-        sys.exit(1)
+        sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
