@@ -126,14 +126,26 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
                  str(w / "eval.json"), *common]]
 
     one_cmds = commands(one)
-    assert run_cli(one_cmds[0])[0] == 0
-    copy_run(one / "t", one / "t1")
-    copy_run(one / "t", two / "t1")  # both worlds distill from (and evaluate against) the one-process teacher
-    assert run_cli(one_cmds[1])[0] == 0
-    copy_run(one / "s", one / "s1")
-    copy_run(one / "s", two / "s1")
-    for args in one_cmds[2:]:
-        assert run_cli(args)[0] == 0, args
+    # one thread, as each torchrun process below: the same kernels, so the same rounding (with 2
+    # threads a near-tie in the push can flip and the rows after it differ by more than PUSH_RTOL)
+    threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    try:
+        assert run_cli(one_cmds[0])[0] == 0
+        copy_run(one / "t", one / "t1")
+        copy_run(one / "t", two / "t1")  # both worlds distill from (and evaluate against) the one-process teacher
+        assert run_cli(one_cmds[1])[0] == 0
+        copy_run(one / "s", one / "s1")
+        copy_run(one / "s", two / "s1")
+        for args in one_cmds[2:]:
+            assert run_cli(args)[0] == 0, args
+    finally:
+        torch.set_num_threads(threads)
+        if omp is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = omp
     (two / "commands.json").write_text(json.dumps(commands(two)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
