@@ -69,6 +69,9 @@ class Trainer:
         self.logs: RunLogs | None = None
         self.steps = self.recipe.plan(cfg)
         self.scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
+        # the test set's min distances (N, m) and labels (N,) under the current backbone, add-on and
+        # prototypes (the last layer may change: logits are recomputed from them); None when stale
+        self._test_cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- optimisation -------------------------------------------------------------------------
     def _groups(self) -> dict[str, list[nn.Parameter]]:
@@ -156,6 +159,7 @@ class Trainer:
         learning rates are the recipe's factor for ``step.epoch`` times the initial ones.
         """
         cfg, rt, model = self.cfg, self.rt, self.model
+        self._test_cache = None  # the epoch changes what the min distances depend on
         self._freeze_except(step.stage)
         opt = self.optimizer(step.stage)
         if opt is not None:
@@ -216,6 +220,7 @@ class Trainer:
         """Project every prototype onto its nearest own-class training patch (in place); keeps
         the provenance records in ``state``; returns the metric row."""
         loader = eval_loader(self.data.push, self.cfg.test_batch_size, self.cfg.workers, self.rt)
+        self._test_cache = None  # the push moves the prototypes
         with self.reporter.task("push", len(loader.dataset)) as advance:
             result = push_prototypes(self.model, loader, self.rt, progress=advance)
         self.state.prototypes = provenance_records(result, self.data.index, self.model.class_identity.cpu(),
@@ -226,18 +231,27 @@ class Trainer:
         return {"epoch": step.epoch + 1, "stage": "push", "push_distance": summary["mean_distance_before"],
                 "test_acc": self.test_accuracy()}
 
-    def test_accuracy(self, cached: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
-        """Top-1 accuracy on the test set (from ``cached`` (min distances (N, m), labels (N,)) if given)."""
-        dists, labels = cached or self._min_distances(self.data.test, "test")
+    def test_accuracy(self) -> float:
+        """Top-1 accuracy on the test set, from :meth:`test_min_distances` and the current last layer."""
+        dists, labels = self.test_min_distances()
         with torch.no_grad():
             logits = self.model.logits_from_min_distances(dists)
         return float((logits.argmax(1) == labels).float().mean()) if len(labels) else 0.0
+
+    def test_min_distances(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The test set's (min distances (N, m), labels (N,)): one eval pass, reused until a training
+        epoch, a push or a pruning changes the model before its last layer (right after a push, the
+        accuracy row and the last-layer stage share one pass)."""
+        if self._test_cache is None:
+            self._test_cache = self._min_distances(self.data.test, "test")
+        return self._test_cache
 
     def _min_distances(self, ds: Dataset, description: str) -> tuple[torch.Tensor, torch.Tensor]:
         return min_distance_pass(self.model, ds, self.cfg, self.rt, self.reporter, description)
 
     def _prune(self, step: Step) -> dict[str, Any]:
         sizes = self.recipe.prune(self.model, self.cfg, self.reporter)
+        self._test_cache = None
         return {"epoch": step.epoch + 1, "stage": step.stage, **sizes, "test_acc": self.test_accuracy()}
 
     def _last_layer(self, step: Step) -> list[dict[str, Any]]:
@@ -246,16 +260,15 @@ class Trainer:
         The similarities of all un-augmented training images are computed once (one forward
         pass); each epoch then shuffles them in mini-batches of ``batch_size``."""
         cfg, model = self.cfg, self.model
-        test_cache = self._min_distances(self.data.test, "test")
         if self.head_frozen or cfg.last_layer_epochs == 0:
-            return [{"epoch": step.epoch + 1, "stage": "last_layer", "test_acc": self.test_accuracy(test_cache)}]
+            return [{"epoch": step.epoch + 1, "stage": "last_layer", "test_acc": self.test_accuracy()}]
         self._freeze_except("last_layer")
         opt = self.optimizer("last_layer")
         assert opt is not None
         train_d, train_y = self._min_distances(self.data.push, "cache similarities")
         rows = fit_last_layer(model, opt, log_similarity(train_d), train_y, cfg, cfg.last_layer_epochs,
                               generator=torch.Generator().manual_seed(cfg.seed),
-                              test_accuracy=lambda: self.test_accuracy(test_cache))
+                              test_accuracy=self.test_accuracy)
         lrs = lr_fields(opt.param_groups)
         return [{"epoch": step.epoch + 1, "stage": "last_layer", **row, **lrs} for row in rows]
 
@@ -272,6 +285,7 @@ class Trainer:
     def _load_snapshot(self) -> None:
         assert self.run is not None
         snap = read_snapshot(self.run.snapshot_path)
+        self._test_cache = None
         self.model.load_state_dict(snap.model)  # first: a pruned tree's parameters take new shapes
         if snap.extra:
             self.extra.load_state_dict(snap.extra)
