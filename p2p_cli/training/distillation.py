@@ -15,6 +15,7 @@ from torch import nn
 
 from p2p_cli.io.config import TrainConfig
 from p2p_cli.losses.registry import DistillMethod
+from p2p_cli.models.inference import frozen_inference_copy
 from p2p_cli.models.protopnet import ProtoOutput, PrototypeNetwork
 from p2p_cli.runtime.device import Runtime
 from p2p_cli.training.objectives import task_terms
@@ -31,7 +32,9 @@ class DistillObjective:
     """Stage 1 (``warm``): the transfer terms only; stage 2: ``L_ppnet`` (unless
     ``ppnet_loss`` is off) + the transfer terms (Proto2Proto Eq. 6).
 
-    The teacher runs under ``torch.inference_mode()`` in eval mode: no graph, no gradients. Both
+    The teacher runs under ``torch.inference_mode()`` in eval mode: no graph, no gradients, from
+    a private copy with its BatchNorms folded and its backbone weights in the autocast precision
+    (:func:`~p2p_cli.models.inference.frozen_inference_copy`; ``teacher`` itself is untouched). Both
     models' outputs reach the method as dicts of logits (B, K), min distances (B, m), distance
     maps (B, m, H, W), features (B, D, H, W) and prototypes (m, D).
     """
@@ -39,6 +42,7 @@ class DistillObjective:
     def __init__(self, cfg: TrainConfig, teacher: PrototypeNetwork, method: DistillMethod, rt: Runtime,
                  d_student: int) -> None:
         self.cfg, self.teacher, self.method, self.rt = cfg, teacher, method, rt
+        self.fast_teacher = frozen_inference_copy(teacher, amp_dtype=rt.amp_dtype, channels_last=rt.channels_last)
         self.settings = method_settings(cfg)
         self.modules = method.make_modules(d_student, teacher.prototype_depth)
 
@@ -47,7 +51,7 @@ class DistillObjective:
 
     def teacher_outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.inference_mode(), self.rt.autocast():
-            out = self.teacher(images)
+            out = self.fast_teacher(images)
         return {**out._asdict(), "prototypes": self.teacher.prototypes.detach()}
 
     def loss(self, model: PrototypeNetwork, out: ProtoOutput, images: torch.Tensor, labels: torch.Tensor,

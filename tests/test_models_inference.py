@@ -1,0 +1,58 @@
+"""models.inference: the frozen teacher copy (BatchNorm folded, weights in the autocast dtype)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from p2p_cli.io.checkpoint import weights_hash
+from p2p_cli.models.inference import fold_batchnorm, frozen_inference_copy
+from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig
+
+
+def test_fold_batchnorm_by_hand():
+    # conv 1→1 channel, 1×1 kernel, weight 2, bias 1; BN γ=3, β=0.5, μ=1, σ²=4-ε: y = 3 (2x + 1 − 1)/2 + 0.5 = 3x + 0.5
+    net = nn.Sequential(nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1)).eval()
+    with torch.no_grad():
+        net[0].weight.fill_(2.0)
+        net[0].bias.fill_(1.0)
+        net[1].weight.fill_(3.0)
+        net[1].bias.fill_(0.5)
+        net[1].running_mean.fill_(1.0)
+        net[1].running_var.fill_(4.0 - net[1].eps)
+    folded = fold_batchnorm(net)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    convs = [m for m in folded.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 1
+    assert torch.allclose(convs[0].weight, torch.tensor(3.0).view(1, 1, 1, 1))
+    assert torch.allclose(convs[0].bias, torch.tensor([0.5]))
+    x = torch.tensor([[[[0.0, 1.0], [-2.0, 4.0]]]])
+    assert torch.allclose(folded(x), 3 * x + 0.5)
+    assert isinstance(net[1], nn.BatchNorm2d)  # the original is untouched
+
+
+def test_frozen_copy_matches_the_model_and_leaves_it_untouched():
+    torch.manual_seed(0)
+    model = ProtoPNet(ProtoPNetConfig("resnet18", 3, prototypes_per_class=2, prototype_depth=8, feature_stride=16))
+    for m in model.modules():  # non-trivial BN statistics, as after training
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    before = weights_hash(model.state_dict())
+    fast = frozen_inference_copy(model)
+    assert weights_hash(model.state_dict()) == before
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.backbone.modules())
+    assert not any(p.requires_grad for p in fast.parameters()) and not fast.training
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want, got = model(images), fast(images)
+    assert torch.allclose(got.features, want.features, atol=1e-5)
+    assert torch.allclose(got.min_distances, want.min_distances, rtol=1e-4, atol=1e-5)
+    low = frozen_inference_copy(model, amp_dtype=torch.bfloat16)
+    assert {p.dtype for p in low.backbone.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in low.add_on.parameters()} == {torch.float32}  # add-on and prototypes stay fp32
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = low(images)
+    assert out.features.dtype == torch.float32
+    assert torch.allclose(out.features, want.features, atol=0.05)  # bf16 rounding
