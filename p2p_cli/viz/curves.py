@@ -11,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from p2p_cli.viz.render import PNG_OPTIONS  # noqa: E402
+
 LOSS_TERMS = ("total", "ce", "clst", "sep", "ppc", "global", "hint", "rkd_distance", "rkd_angle", "kd")
 
 
@@ -60,6 +62,6 @@ def plot_training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> byt
         acc_ax.set_xlabel("epoch")
         acc_ax.legend(fontsize=7)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=100, pil_kwargs=PNG_OPTIONS)
     plt.close(fig)
     return buf.getvalue()

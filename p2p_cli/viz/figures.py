@@ -18,6 +18,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from p2p_cli.viz.render import PNG_OPTIONS
+
 DPI = 150
 CELL_IN = 1.5  # image cell side (inches): 225 px at DPI
 TEXT_IN = 1.95  # text panel width (inches)
@@ -157,5 +159,5 @@ def panel_figure(columns: list[Column], *, title: str, left_label: str, right_la
             _image_axis(box(x + CELL_IN + 0.08, y, CELL_IN, CELL_IN), cell.right)
             _text_panel(box(x + 2 * CELL_IN + 0.16, y, TEXT_IN - 0.16, CELL_IN), cell)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
+    fig.savefig(buf, format="png", dpi=DPI, facecolor="white", pil_kwargs=PNG_OPTIONS)
     return buf.getvalue()

@@ -11,6 +11,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from p2p_cli.viz.render import PNG_OPTIONS
+
 DPI = 130
 
 
@@ -75,7 +77,7 @@ def tree_figure(root: Any, node_images: dict[int, np.ndarray], leaf_lines: dict[
 
     draw(root)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, facecolor="white", pil_kwargs={"optimize": True})
+    fig.savefig(buf, format="png", dpi=DPI, facecolor="white", pil_kwargs=PNG_OPTIONS)
     return buf.getvalue()
 
 
