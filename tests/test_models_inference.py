@@ -56,3 +56,43 @@ def test_frozen_copy_matches_the_model_and_leaves_it_untouched():
         out = low(images)
     assert out.features.dtype == torch.float32
     assert torch.allclose(out.features, want.features, atol=0.05)  # bf16 rounding
+
+
+def test_fold_batchnorm_with_timms_batchnorm_activation_layers():
+    from p2p_cli.models.backbones import create_backbone
+    from p2p_cli.models.registry import get_backbone_spec
+
+    torch.manual_seed(0)
+    body, _ = create_backbone(get_backbone_spec("tf_efficientnet_lite0"), feature_stride=16)
+    for m in body.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    body.eval()
+    folded = fold_batchnorm(body)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in body.modules())  # the original keeps its layers
+    assert sum(isinstance(m, nn.ReLU6) for m in folded.modules()) == sum(
+        isinstance(m, nn.ReLU6) for m in body.modules())  # every activation stays
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), body(x), atol=1e-4, rtol=1e-4)
+
+
+def test_a_conv_output_used_twice_is_not_folded():
+    class TwoUsers(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y  # folding would change the second use of y
+
+    net = TwoUsers().eval()
+    with torch.no_grad():
+        net.bn.running_mean.fill_(1.0)
+    folded = fold_batchnorm(net)
+    assert isinstance(folded.bn, nn.BatchNorm2d)
+    x = torch.randn(1, 1, 2, 2)
+    assert torch.equal(folded(x), net(x))

@@ -5,7 +5,8 @@ as a large part of the student's train step. Two things a frozen network in eval
 need are removed from a private copy (the caller's model, whose weights hash is checked after
 training, is left untouched):
 
-* **BatchNorm folded into the convolution before it**: eval-mode BN is the affine map
+* **BatchNorm folded into the convolution before it** (timm's BatchNorm + activation layers
+  included: the activation stays): eval-mode BN is the affine map
   ``y = γ (x − μ) / √(σ² + ε) + β``, so ``BN(conv(x))`` is one convolution with weights
   ``W γ / √(σ² + ε)`` and bias ``β + (b − μ) γ / √(σ² + ε)`` — one pass over the activations
   fewer per BN layer (ResNet-50 has 53). Equal up to rounding.
@@ -26,18 +27,50 @@ from torch import nn
 from p2p_cli.models.protopnet import PrototypeNetwork
 
 
+class _LeafTracer(torch.fx.Tracer):
+    """Traces through every module except convolutions and BatchNorms (timm's ``Conv2dSame`` and
+    ``BatchNormAct2d`` included), which stay single call sites whose data flow is visible."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, nn.Conv2d | nn.modules.batchnorm._BatchNorm) or super().is_leaf_module(m, qualname)
+
+
+def _after_batchnorm(bn: nn.Module) -> nn.Module:
+    """What is left of a BatchNorm once folded: nothing, or timm's ``BatchNormAct2d`` dropout and
+    activation (its forward is batch_norm → drop → act)."""
+    if type(bn) is nn.BatchNorm2d:
+        return nn.Identity()
+    return nn.Sequential(getattr(bn, "drop", nn.Identity()), getattr(bn, "act", nn.Identity()))
+
+
 def fold_batchnorm(module: nn.Module) -> nn.Module:
-    """``module`` (eval mode) with every Conv2d → BatchNorm2d pair folded into one Conv2d.
-
-    Uses ``torch.fx`` (symbolic tracing); a module that cannot be traced is returned unchanged.
-    The result maps the same inputs to the same outputs up to floating-point rounding.
+    """A copy of ``module`` (put in eval mode) with every BatchNorm2d that directly follows a
+    Conv2d folded into it (torch's ``fuse_conv_bn_eval``); the BatchNorm becomes an identity (or,
+    for timm's ``BatchNormAct2d``, its activation). The pairs come from a ``torch.fx`` trace of
+    the data flow; a conv whose output has other users is left alone, and a module that cannot be
+    traced is copied unchanged. Same outputs up to floating-point rounding.
     """
-    from torch.fx.experimental.optimization import fuse
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+    module = copy.deepcopy(module).eval()
     try:
-        return fuse(module.eval(), inplace=False)
+        graph = _LeafTracer().trace(module)
     except Exception:  # noqa: BLE001 - fx raises many kinds of errors on untraceable code
         return module
+    for node in graph.nodes:
+        if node.op != "call_module":
+            continue
+        bn = module.get_submodule(node.target)
+        prev = node.args[0] if node.args else None
+        if (not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None or not isinstance(prev, torch.fx.Node)
+                or prev.op != "call_module" or len(prev.users) != 1):
+            continue
+        conv = module.get_submodule(prev.target)
+        if not isinstance(conv, nn.Conv2d):
+            continue
+        module.set_submodule(prev.target, fuse_conv_bn_eval(conv, bn))
+        module.set_submodule(node.target, _after_batchnorm(bn))
+    return module
 
 
 def frozen_inference_copy(model: PrototypeNetwork, *, amp_dtype: torch.dtype | None = None,
