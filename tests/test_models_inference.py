@@ -96,3 +96,30 @@ def test_a_conv_output_used_twice_is_not_folded():
     assert isinstance(folded.bn, nn.BatchNorm2d)
     x = torch.randn(1, 1, 2, 2)
     assert torch.equal(folded(x), net(x))
+
+
+def test_distillation_teacher_outputs_are_the_models_for_what_the_method_reads(monkeypatch):
+    from p2p_cli.io.config import build_config
+    from p2p_cli.losses.registry import get_method
+    from p2p_cli.models import protopnet
+    from p2p_cli.runtime.device import Runtime
+    from p2p_cli.training.distillation import DistillObjective
+
+    torch.manual_seed(0)
+    teacher = ProtoPNet(ProtoPNetConfig("resnet18", 3, prototypes_per_class=2, prototype_depth=8,
+                                        feature_stride=16)).eval().requires_grad_(False)
+    rt = Runtime(device=torch.device("cpu"), amp_dtype=None, channels_last=False)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = teacher(images)
+    calls: list[int] = []
+    real = protopnet.min_distances_at_argmin
+    monkeypatch.setattr(protopnet, "min_distances_at_argmin", lambda *a: calls.append(1) or real(*a))
+    p2p = DistillObjective(build_config({"method": "proto2proto"}), teacher, get_method("proto2proto"), rt, 8)
+    got = p2p.teacher_outputs(images)
+    assert set(got) == {"features", "distances", "prototypes"} and calls == []  # no arg-min gather, no logits
+    assert torch.allclose(got["features"], want.features, atol=1e-5)
+    assert torch.allclose(got["distances"], want.distances, rtol=1e-4, atol=1e-4)
+    kd = DistillObjective(build_config({"method": "kd"}), teacher, get_method("kd"), rt, 8)
+    logits = kd.teacher_outputs(images)["logits"]  # Hinton KD reads the logits: the whole forward pass
+    assert calls and torch.allclose(logits, want.logits, rtol=1e-4, atol=1e-4)

@@ -16,7 +16,7 @@ from torch import nn
 from p2p_cli.io.config import TrainConfig
 from p2p_cli.losses.registry import DistillMethod
 from p2p_cli.models.inference import frozen_inference_copy
-from p2p_cli.models.protopnet import ProtoOutput, PrototypeNetwork
+from p2p_cli.models.protopnet import ProtoOutput, ProtoPNet, PrototypeNetwork, squared_l2_distances
 from p2p_cli.runtime.device import Runtime
 from p2p_cli.training.objectives import task_terms
 
@@ -44,15 +44,29 @@ class DistillObjective:
         self.cfg, self.teacher, self.method, self.rt = cfg, teacher, method, rt
         self.fast_teacher = frozen_inference_copy(teacher, amp_dtype=rt.amp_dtype, channels_last=rt.channels_last)
         self.settings = method_settings(cfg)
+        self.teacher_keys = method.teacher_keys(self.settings)
         self.modules = method.make_modules(d_student, teacher.prototype_depth)
 
     def extra_modules(self) -> dict[str, nn.Module]:
         return dict(self.modules.items())
 
     def teacher_outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The teacher's outputs the method reads (``method.teacher_keys``) for images (B, 3, S, S).
+
+        A ProtoPNet teacher whose distances are the last thing read (Proto2Proto: features,
+        distance maps, prototypes) stops there: its min distances at the arg-min — a (B, D, m)
+        gather — and its logits are not computed."""
+        prototypes = self.teacher.prototypes.detach()
         with torch.inference_mode(), self.rt.autocast():
+            if self.teacher_keys <= {"features", "distances", "prototypes"} and isinstance(self.teacher, ProtoPNet):
+                feats = self.fast_teacher.features(images)
+                out = {"features": feats, "prototypes": prototypes}
+                if "distances" in self.teacher_keys:
+                    with torch.autocast(device_type=feats.device.type, enabled=False):
+                        out["distances"] = squared_l2_distances(feats, self.fast_teacher.prototypes)
+                return out
             out = self.fast_teacher(images)
-        return {**out._asdict(), "prototypes": self.teacher.prototypes.detach()}
+        return {**out._asdict(), "prototypes": prototypes}
 
     def loss(self, model: PrototypeNetwork, out: ProtoOutput, images: torch.Tensor, labels: torch.Tensor,
              stage: str) -> dict[str, torch.Tensor]:
