@@ -14,27 +14,31 @@ from p2p_cli.losses.registry import DistillMethod, get_method, list_methods, reg
 # ---------------------------------------------------------------- hint
 
 
-def test_hint_loss_with_identity_regressor() -> None:
+def test_hint_regressor_is_conv1x1_then_relu_hand() -> None:
+    # C_s = 2 → C_t = 2 with W = [[1, 0], [1, -1]], b = [0, -1]; one cell v = (3, 1):
+    #   conv = (3 + 0, 3 − 1 − 1) = (3, 1) → ReLU (3, 1);  v = (1, 4): (1, 1 − 4 − 1 = −4) → ReLU (1, 0)
     reg = HintRegressor(2, 2)
     with torch.no_grad():
-        reg.conv.weight.copy_(torch.eye(2)[:, :, None, None])
-        reg.conv.bias.zero_()
-    f_s = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[0.0, 0.0], [0.0, 2.0]]]])  # (1, 2, 2, 2)
-    f_t = torch.zeros(1, 2, 2, 2)
-    r = reg(f_s)
-    torch.testing.assert_close(r, f_s)
-    # (1 + 4 + 9 + 16 + 0 + 0 + 0 + 4) / 8 = 34/8 = 4.25
-    assert hint_loss(r, f_t).item() == pytest.approx(4.25)
-    assert hint_loss(f_t, f_t).item() == 0.0
+        reg.conv.weight.copy_(torch.tensor([[1.0, 0.0], [1.0, -1.0]])[:, :, None, None])
+        reg.conv.bias.copy_(torch.tensor([0.0, -1.0]))
+    v = torch.tensor([[[[3.0, 1.0]], [[1.0, 4.0]]]])  # (1, 2, 1, 2): cells (3, 1) and (1, 4)
+    r = reg(v)
+    torch.testing.assert_close(r, torch.tensor([[[[3.0, 1.0]], [[1.0, 0.0]]]]))
+    # teacher backbone u = [[2, 1], [1, 2]] per channel → squared errors (1, 0, 0, 4) → mean 5/4 = 1.25
+    u = torch.tensor([[[[2.0, 1.0]], [[1.0, 2.0]]]])
+    assert hint_loss(r, u).item() == pytest.approx(1.25)
+    assert hint_loss(u, u).item() == 0.0
 
 
-def test_hint_regressor_maps_depth_and_trains() -> None:
+def test_hint_regressor_maps_channels_and_trains() -> None:
     reg = HintRegressor(3, 5)
-    f_s = torch.rand(2, 3, 4, 4, requires_grad=True)
-    r = reg(f_s)
-    assert r.shape == (2, 5, 4, 4)
-    hint_loss(r, torch.rand(2, 5, 4, 4)).backward()
-    assert reg.conv.weight.grad is not None and f_s.grad is not None
+    v = torch.rand(2, 3, 4, 4, requires_grad=True)
+    r = reg(v.bfloat16())  # a backbone output under bf16 autocast is accepted (computed in fp32)
+    assert r.shape == (2, 5, 4, 4) and r.dtype == torch.float32 and bool((r >= 0).all())
+    hint_loss(reg(v), torch.rand(2, 5, 4, 4)).backward()
+    assert reg.conv.weight.grad is not None and v.grad is not None
+    with pytest.raises(P2PError, match="same H×W"):
+        hint_loss(reg(v), torch.rand(2, 5, 2, 2))
 
 
 # ---------------------------------------------------------------- RKD
@@ -132,6 +136,7 @@ def _outputs(seed: int, d: int = 2, requires_grad: bool = False) -> dict[str, to
         "distances": torch.rand(3, 5, 2, 2, generator=g) * 3,
         "features": torch.rand(3, d, 2, 2, generator=g),
         "prototypes": torch.rand(5, d, 1, 1, generator=g),
+        "backbone": torch.rand(3, d, 2, 2, generator=g),
     }
     out["min_distances"] = out["distances"].amin(dim=(2, 3))
     if requires_grad:

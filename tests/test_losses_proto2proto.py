@@ -90,18 +90,76 @@ def test_mask_has_no_gradient() -> None:
     assert not mask.requires_grad
 
 
-def test_ppc_loss_hand() -> None:
-    # mask at τ = 1.0: img0 {(0,0), (0,1)}, img1 {(0,0), (0,1), (1,1)} → ΣM = 5 → denominator 2·5 + 1 = 11
+def test_ppc_loss_hand_both_fidelities() -> None:
+    # mask at τ = 1.0: img0 {(0,0), (0,1)}, img1 {(0,0), (0,1), (1,1)} → ΣM = 5
     # img0: δ² at (0,0),(0,1): c0 1² + 2² = 5, c1 0² + 1² = 1 → 6   (the 100s are masked out)
     # img1: δ² at (0,0),(0,1),(1,1): c0 1 + 1 + 4 = 6, c1 1 + 0 + 0 = 1 → 7   (the 50s masked out)
-    # L_ppc = (6 + 7) / 11 = 1.1818182
     mask = active_patch_mask(DIST_T, 1.0)
-    assert ppc_loss(FEAT_T, FEAT_S, mask).item() == pytest.approx(13.0 / 11.0, rel=1e-6)
+    # paper, Eq. 4: (1/N) Σ_n ‖M·δ_n‖₂ = (√6 + √7) / 2 = (2.4494897 + 2.6457513) / 2 = 2.5476205
+    assert ppc_loss(FEAT_T, FEAT_S, mask, fidelity="paper").item() == pytest.approx(2.5476205, rel=1e-6)
+    assert ppc_loss(FEAT_T, FEAT_S, mask).item() == pytest.approx(2.5476205, rel=1e-6)  # paper is the default
+    # reference code: Σ M·δ² / (2·ΣM + 1) = (6 + 7) / 11 = 1.1818182
+    assert ppc_loss(FEAT_T, FEAT_S, mask, fidelity="reference").item() == pytest.approx(13.0 / 11.0, rel=1e-6)
 
 
-def test_ppc_loss_empty_mask_is_zero() -> None:
-    # ΣM = 0 → 0 / (0 + 1) = 0 (the "+1" keeps it finite)
-    assert ppc_loss(FEAT_T, FEAT_S, torch.zeros(2, 2, 2)).item() == 0.0
+def test_ppc_loss_second_golden_example() -> None:
+    # B = 3, D = 2, H = 1, W = 2.  ω^T = 0; ω^S per image (channel-major [c][w]):
+    #   img0 [[3, 9], [4, 9]], mask [1, 0] → active cell 0: δ = (3, 4) → ‖·‖ = 5, Σδ² = 25
+    #   img1 [[1, 2], [2, 4]], mask [1, 1] → δ = (1, 2, 2, 4) → ‖·‖ = √25 = 5, Σδ² = 25
+    #   img2 anything, mask [0, 0] → 0
+    # paper: (5 + 5 + 0) / 3 = 3.3333333;  reference: (25 + 25) / (2·3 + 1) = 50/7 = 7.1428571
+    f_s = torch.tensor([[[[3.0, 9.0]], [[4.0, 9.0]]], [[[1.0, 2.0]], [[2.0, 4.0]]], [[[7.0, 7.0]], [[7.0, 7.0]]]])
+    f_t = torch.zeros_like(f_s)
+    mask = torch.tensor([[[1.0, 0.0]], [[1.0, 1.0]], [[0.0, 0.0]]])
+    assert ppc_loss(f_t, f_s, mask, fidelity="paper").item() == pytest.approx(10.0 / 3.0, rel=1e-6)
+    assert ppc_loss(f_t, f_s, mask, fidelity="reference").item() == pytest.approx(50.0 / 7.0, rel=1e-6)
+
+
+def _eq4_independent(f_t: torch.Tensor, f_s: torch.Tensor, mask: torch.Tensor) -> float:
+    """Proto2Proto Eq. 4 written out with Python loops: (1/N) Σ_n sqrt(Σ_{d,h,w} (M·(ω^T − ω^S))²)."""
+    n, d, h, w = f_t.shape
+    total = 0.0
+    for i in range(n):
+        sq = sum((mask[i, y, x].item() * (f_t[i, c, y, x].item() - f_s[i, c, y, x].item())) ** 2
+                 for c in range(d) for y in range(h) for x in range(w))
+        total += math.sqrt(sq)
+    return total / n
+
+
+def _reference_independent(f_t: torch.Tensor, f_s: torch.Tensor, mask: torch.Tensor) -> float:
+    """The reference code's featureLoss_mask: Σ M·(ω^T − ω^S)² / (2ΣM + 1)."""
+    num = float(((f_t.double() - f_s.double()) ** 2 * mask.double().unsqueeze(1)).sum())
+    return num / (2.0 * float(mask.double().sum()) + 1.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ppc_loss_matches_independent_implementations_on_random_tensors(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    f_t, f_s = torch.rand(3, 5, 4, 3, generator=g), torch.rand(3, 5, 4, 3, generator=g)
+    mask = (torch.rand(3, 4, 3, generator=g) < 0.4).float()
+    mask[0] = 0.0  # one image without active patches
+    assert ppc_loss(f_t, f_s, mask, fidelity="paper").item() == pytest.approx(_eq4_independent(f_t, f_s, mask),
+                                                                             abs=1e-6)
+    assert ppc_loss(f_t, f_s, mask, fidelity="reference").item() == pytest.approx(
+        _reference_independent(f_t, f_s, mask), abs=1e-6)
+
+
+def test_ppc_loss_paper_gradient_hand_and_finite_on_empty_image() -> None:
+    # img0: ω^T = (0, 0), ω^S = (3, 4), M = 1 → ‖δ‖ = 5, ∂/∂ω^S = (ω^S − ω^T)/(5·B) = (0.3, 0.4) with B = 2
+    # img1: M = 0 → contributes 0 and gradient 0 (not NaN)
+    f_t = torch.zeros(2, 2, 1, 1)
+    f_s = torch.tensor([[[[3.0]], [[4.0]]], [[[1.0]], [[1.0]]]], requires_grad=True)
+    mask = torch.tensor([[[1.0]], [[0.0]]])
+    loss = ppc_loss(f_t, f_s, mask, fidelity="paper")
+    loss.backward()
+    assert loss.item() == pytest.approx(2.5)
+    torch.testing.assert_close(f_s.grad, torch.tensor([[[[0.3]], [[0.4]]], [[[0.0]], [[0.0]]]]))
+
+
+@pytest.mark.parametrize("fidelity", ["paper", "reference"])
+def test_ppc_loss_empty_mask_is_zero(fidelity: str) -> None:
+    # ΣM = 0 → paper: mean of zero norms = 0; reference: 0 / (0 + 1) = 0 (the "+1" keeps it finite)
+    assert ppc_loss(FEAT_T, FEAT_S, torch.zeros(2, 2, 2), fidelity=fidelity).item() == 0.0
 
 
 def test_global_loss_hand_both_fidelities() -> None:
@@ -151,13 +209,13 @@ def test_unknown_fidelity_and_shape_mismatch() -> None:
 
 
 def test_transfer_losses_paper_and_reference() -> None:
-    # paper: mask from the TEACHER at τ = 1 → ppc = 13/11; global = 2.0
-    #   total = 10·2.0 + 10·13/11 = 20 + 11.818182 = 31.818182
+    # paper: mask from the TEACHER at τ = 1 → ppc = (√6 + √7)/2 = 2.5476205 (Eq. 4); global = 2.0
+    #   total = 10·2.0 + 10·2.5476205 = 45.476205
     out = transfer_losses(DIST_T, FEAT_T, PROTO_T, None, FEAT_S, PROTO_S, tau_train=1.0, fidelity="paper")
     assert set(out) == {"ppc", "global", "total_transfer"}
-    assert out["ppc"].item() == pytest.approx(13.0 / 11.0, rel=1e-6)
+    assert out["ppc"].item() == pytest.approx(2.5476205, rel=1e-6)
     assert out["global"].item() == pytest.approx(2.0)
-    assert out["total_transfer"].item() == pytest.approx(20.0 + 130.0 / 11.0, rel=1e-6)
+    assert out["total_transfer"].item() == pytest.approx(45.476205, rel=1e-6)
     # reference: mask from the STUDENT's distances = all zeros → every prototype's first arg-min is
     #   (0,0) with d = 0 ≤ τ → only (0,0) active per image, ΣM = 2, denominator 5
     #   img0 δ²(0,0) = 1 + 0 = 1; img1 δ²(0,0) = 1 + 1 = 2 → ppc = 3/5 = 0.6; global = 8/6
@@ -171,7 +229,7 @@ def test_transfer_losses_paper_and_reference() -> None:
     out = transfer_losses(
         DIST_T, FEAT_T, PROTO_T, None, FEAT_S, PROTO_S, tau_train=1.0, lambda_global=0.0, lambda_ppc=1.0
     )
-    assert out["total_transfer"].item() == pytest.approx(13.0 / 11.0, rel=1e-6)
+    assert out["total_transfer"].item() == pytest.approx(2.5476205, rel=1e-6)
     with pytest.raises(ValueError, match="student"):
         transfer_losses(DIST_T, FEAT_T, PROTO_T, None, FEAT_S, PROTO_S, fidelity="reference")
 
@@ -218,7 +276,7 @@ def test_gradients_reach_only_the_student_with_inference_mode_teacher(fidelity: 
     # ppc alone, with the inference-mode mask: gradient into ω^S is exactly 0 where M = 0
     z_s2, _ = student(x)
     z_s2.retain_grad()
-    ppc_loss(z_t, z_s2, mask_t).backward()
+    ppc_loss(z_t, z_s2, mask_t, fidelity).backward()
     grad = z_s2.grad
     assert grad is not None
     inactive = (mask_t == 0).unsqueeze(1).expand_as(grad)

@@ -115,11 +115,11 @@ def test_distillation_teacher_outputs_are_the_models_for_what_the_method_reads(m
     calls: list[int] = []
     real = protopnet.min_distances_at_argmin
     monkeypatch.setattr(protopnet, "min_distances_at_argmin", lambda *a: calls.append(1) or real(*a))
-    p2p = DistillObjective(build_config({"method": "proto2proto"}), teacher, get_method("proto2proto"), rt, 8)
+    p2p = DistillObjective(build_config({"method": "proto2proto"}), teacher, get_method("proto2proto"), rt, teacher)
     got = p2p.teacher_outputs(images)
     assert set(got) == {"features", "distances", "prototypes"} and calls == []  # no arg-min gather, no logits
     assert torch.allclose(got["features"], want.features, atol=1e-5)
     assert torch.allclose(got["distances"], want.distances, rtol=1e-4, atol=1e-4)
-    kd = DistillObjective(build_config({"method": "kd"}), teacher, get_method("kd"), rt, 8)
+    kd = DistillObjective(build_config({"method": "kd"}), teacher, get_method("kd"), rt, teacher)
     logits = kd.teacher_outputs(images)["logits"]  # Hinton KD reads the logits: the whole forward pass
     assert calls and torch.allclose(logits, want.logits, rtol=1e-4, atol=1e-4)

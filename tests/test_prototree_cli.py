@@ -45,9 +45,14 @@ def test_train_teacher_writes_a_complete_tree_run(teacher):
     assert model.num_leaves == prune["leaves_after"]
     doc = json.loads((teacher / "prototypes.json").read_text())
     assert len(doc["prototypes"]) == model.num_prototypes
-    # derivative-free leaves: proper distributions, and they moved away from their random start
+    # derivative-free leaves: proper distributions; with K = 3 no leaf can have max σ ≤ 0.01, so
+    # nothing was pruned, and after an epoch c holds that epoch's soft counts (the update removes
+    # c_epoch-start / n_batches per batch and adds responsibilities that sum to 1 per image):
+    # Σ c = the 18 training images of the last epoch (3 batches of 6)
     dists = model.leaf_distributions()
     assert torch.allclose(dists.sum(1), torch.ones(model.num_leaves), atol=1e-5)
+    assert prune["leaves_after"] == 4 and float(model.leaf_params.min()) >= 0
+    assert float(model.leaf_params.sum()) == pytest.approx(18.0, abs=1e-3)
 
 
 def test_evaluate_accepts_a_tree_run_and_reports_its_inference_modes(teacher, work, capsys, tmp_path):

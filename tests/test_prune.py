@@ -16,7 +16,7 @@ from p2p_cli.models.factory import load_model
 from p2p_cli.models.protopnet import ProtoPNet, ProtoPNetConfig, log_similarity
 from p2p_cli.pruning.knn import knn_keep
 from p2p_cli.pruning.loop import last_layer_optimizer
-from p2p_cli.pruning.protopshare import plan_merges, profile_dissimilarity
+from p2p_cli.pruning.protopshare import merge_threshold, plan_merges, profile_dissimilarity, vector_dissimilarity
 from p2p_cli.runtime.device import Runtime
 from p2p_cli.training.last_layer import fit_last_layer
 from p2p_cli.training.push import push_prototypes
@@ -121,15 +121,52 @@ def test_profile_dissimilarity_is_squared_l2_between_columns():
     assert torch.allclose(d, brute, atol=1e-9) and torch.equal(d.diagonal(), torch.zeros(5, dtype=torch.float64))
 
 
-def test_plan_merges_takes_closest_pairs_and_chains_groups():
-    # points on a line: 0 at 0, 1 at 10, 2 at 0.1, 3 at 10.3, 4 at 0.25 (squared distances)
-    x = torch.tensor([0.0, 10.0, 0.1, 10.3, 0.25], dtype=torch.float64)
-    d = (x[:, None] - x[None, :]) ** 2
-    groups, threshold = plan_merges(d, 1)
-    assert groups == [[0, 2], [1], [3], [4]] and threshold == pytest.approx(0.01)
-    groups, threshold = plan_merges(d, 3)  # (0,2) 0.01, (2,4) 0.0225 chains 4 into 0's group, (1,3) 0.09
-    assert groups == [[0, 2, 4], [1, 3]] and threshold == pytest.approx(0.09)
-    assert plan_merges(d, 0) == ([[0], [1], [2], [3], [4]], pytest.approx(float("nan"), nan_ok=True))
+def test_vector_dissimilarity_is_squared_l2_between_prototypes():
+    protos = torch.rand(5, 3, 1, 1)
+    brute = ((protos[:, None, :, 0, 0] - protos[None, :, :, 0, 0]) ** 2).sum(2).double()
+    assert torch.allclose(vector_dissimilarity(protos), brute, atol=1e-9)
+
+
+# six prototypes whose activation vectors are points on a line; δ = squared distance
+#   x = 0, 10, 0.1, 10.3, 0.25, 5
+#   nearest neighbours: 0→2 0.01, 1→3 0.09, 2→0 0.01, 3→1 0.09, 4→2 0.0225, 5→4 4.75² = 22.5625
+#   sorted: 0.01, 0.01, 0.0225, 0.09, 0.09, 22.5625
+LINE = torch.tensor([0.0, 10.0, 0.1, 10.3, 0.25, 5.0], dtype=torch.float64)
+LINE_D = (LINE[:, None] - LINE[None, :]) ** 2
+
+
+@pytest.mark.parametrize(("k", "kappa", "groups"), [
+    # κ = 0.01: visiting 0 takes 2; nothing else is that close
+    (2, 0.01, [[0, 2], [1], [3], [4], [5]]),
+    # κ = 0.0225: 0 takes 2 (0.01) but not 4 (0.0625); 4 is within κ of 2, but 2 was merged into 0
+    # and is not visited: no chains (single linkage would have made {0, 2, 4})
+    (3, 0.0225, [[0, 2], [1], [3], [4], [5]]),
+    # κ = 0.09: 0 takes 2 and 4 at once; 1 takes 3
+    (4, 0.09, [[0, 2, 4], [1, 3], [5]]),
+    # κ = 22.5625: 5's nearest neighbour (4) is gone into 0, and δ(0, 5) = δ(1, 5) = 25 > κ: 5 stays
+    (6, 22.5625, [[0, 2, 4], [1, 3], [5]]),
+])
+def test_plan_merges_is_the_papers_threshold_and_star_merge(k, kappa, groups):
+    assert merge_threshold(LINE_D, k) == pytest.approx(kappa)
+    planned, threshold = plan_merges(LINE_D, k)
+    assert planned == groups and threshold == pytest.approx(kappa)
+
+
+def test_plan_merges_removes_between_one_and_k_prototypes_and_partitions_them():
+    gen = torch.Generator().manual_seed(0)
+    for k in (1, 5, 20):
+        d = profile_dissimilarity(torch.rand(30, 40, generator=gen))
+        groups, kappa = plan_merges(d, k)
+        assert sorted(j for g in groups for j in g) == list(range(40))
+        assert 1 <= 40 - len(groups) <= k
+        assert all(d[g[0], j] <= kappa for g in groups for j in g[1:])
+
+
+def test_plan_merges_stops_at_the_limit_taking_the_nearest_first():
+    assert plan_merges(LINE_D, 4, limit=2)[0] == [[0, 2, 4], [1], [3], [5]]  # 0 takes two; 1 may take none
+    assert plan_merges(LINE_D, 4, limit=1)[0] == [[0, 2], [1], [3], [4], [5]]  # 2 (0.01) before 4 (0.0625)
+    with pytest.raises(ValueError):
+        merge_threshold(LINE_D, 0)
 
 
 def test_knn_keep_counts_own_class_neighbours():
@@ -175,14 +212,30 @@ def test_prune_writes_a_new_run_and_twice_in_a_row(trained, capsys):
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     rec = cfg["pruning"]
     assert rec["source"]["name"] == "t" and rec["method"] == "protopshare" and rec["target"] == 3
-    assert rec["step"] == 2 and rec["rounds"] == 2 and len(rec["source"]["weights_hash"]) == 16
+    assert rec["step"] == 2 and rec["distance"] == "data" and len(rec["source"]["weights_hash"]) == 16
     model, meta = load_model(run / "model.safetensors")
     assert model.num_prototypes == 3 and meta["pruning"]["prototypes_before"] == 6
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["prototypes"] for r in metrics] == [6, 4, 3]
+    counts = [r["prototypes"] for r in metrics]
+    assert counts[0] == 6 and counts[-1] == 3 and rec["rounds"] == len(counts) - 1
+    assert all(a > b for a, b in zip(counts, counts[1:], strict=False))
     protos = json.loads((run / "prototypes.json").read_text())["prototypes"]
     members = sorted(i for p in protos for i in [p["source_prototype"], *p["merged_from"]])
     assert members == list(range(6)) and sum(len(p["merged_from"]) for p in protos) == 3
+    # the groups are the paper's steps on the source's activation vectors (k = --step = 2); fine-tuning
+    # the last layer leaves the survivors' vectors as they were
+    src_cfg = config_from_dict(yaml.safe_load((trained / "t" / "config.yaml").read_text()), source="test")
+    push = build_datasets(src_cfg).push
+    src, _ = load_model(trained / "t" / "model.safetensors")
+    with torch.no_grad():
+        profiles = src(torch.stack([push[i][0] for i in range(len(push))])).min_distances
+    origins = [[j] for j in range(6)]
+    while len(origins) > 3:
+        groups, _ = plan_merges(profile_dissimilarity(profiles), 2, limit=len(origins) - 3)
+        origins = [[o for j in g for o in origins[j]] for g in groups]
+        profiles = profiles[:, [g[0] for g in groups]]
+    assert [[p["source_prototype"], *sorted(p["merged_from"])] for p in protos] == [
+        [g[0], *sorted(g[1:])] for g in origins]
     source_protos = json.loads((trained / "t" / "prototypes.json").read_text())["prototypes"]
     src_model, _ = load_model(trained / "t" / "model.safetensors")
     for j, p in enumerate(protos):
@@ -237,7 +290,9 @@ def test_prune_errors_are_one_line(trained, capsys):
                            (["--target", "6"], "the model has 6 prototypes"),
                            ([], "ProtoPShare needs --target"),
                            (["--method", "knn", "--target", "3"], "--target/--step apply to --method protopshare"),
-                           (["--method", "magic", "--target", "3"], "unknown pruning method 'magic'")):
+                           (["--method", "magic", "--target", "3"], "unknown pruning method 'magic'"),
+                           (["--target", "3", "--distance", "cosine"], "unknown --distance 'cosine'"),
+                           (["--method", "knn", "--distance", "vectors"], "--distance apply to --method protopshare")):
         code, _, err = run_cli(base + extra, capsys)
         assert code == 2 and message in err and "Traceback" not in err, (extra, err)
     code, _, err = run_cli(base + ["--target", "5", "--name", "dup", "--fine-tune-epochs", "0"], capsys)
@@ -248,6 +303,24 @@ def test_prune_errors_are_one_line(trained, capsys):
                            capsys)
     assert code == 0, err
     assert load_model(trained / "dup" / "model.safetensors")[0].num_prototypes == 4
+
+
+def test_data_independent_merging_uses_the_prototype_vectors(trained, capsys):
+    code, _, err = run_cli(["prune", "--model", "t", "--target", "4", "--step", "3", "--distance", "vectors",
+                            "--fine-tune-epochs", "0", "--name", "v", "--workdir", str(trained), "--device", "cpu",
+                            "-q"], capsys)
+    assert code == 0, err
+    src, _ = load_model(trained / "t" / "model.safetensors")
+    groups, _ = plan_merges(vector_dissimilarity(src.prototype_vectors.detach()), 3, limit=2)
+    if len(groups) > 4:  # a second step on the survivors' vectors (unchanged without feature epochs)
+        survivors = [g[0] for g in groups]
+        second, _ = plan_merges(vector_dissimilarity(src.prototype_vectors.detach()[survivors]), 3,
+                                limit=len(groups) - 4)
+        groups = [[o for j in g for o in groups[j]] for g in second]
+    protos = json.loads((trained / "v" / "prototypes.json").read_text())["prototypes"]
+    assert [[p["source_prototype"], *sorted(p["merged_from"])] for p in protos] == [
+        [g[0], *sorted(g[1:])] for g in groups]
+    assert yaml.safe_load((trained / "v" / "config.yaml").read_text())["pruning"]["distance"] == "vectors"
 
 
 def test_knn_pruning_drops_prototypes_failing_the_neighbour_test(trained, capsys):

@@ -147,46 +147,52 @@ def push(model: str, *, workdir: PathLike = "runs", dataset: str | None = None, 
     req = PushRequest(model=model, workdir=Path(workdir), dataset=dataset, data_root=data_root,
                       save_images=save_images, name=name, overwrite=overwrite, batch_size=batch_size, workers=workers,
                       device=device, precision=precision)
-    return push_run(req, reporter(quiet, verbose))
+    from p2p_cli.runtime.distributed import launched_as_main
+
+    return push_run(req, reporter(quiet or not launched_as_main(), verbose))
 
 
 @dataclass(frozen=True)
 class PruneOutcome:
-    """The pruned run's directory and its summary (rounds, classes, prototypes and accuracy before/after)."""
+    """The pruned run's directory and its summary (rounds, classes, prototypes and accuracy before/after);
+    ``is_main`` is False on the other ranks of a torchrun job (which print nothing)."""
 
     path: Path
     summary: dict[str, Any]
+    is_main: bool = True
 
 
 def prune(model: str, *, target: int | None = None, step: int | None = None, method: str = "protopshare",
-          fine_tune_epochs: int | None = None, feature_epochs: int = 0, knn_k: int = 6, knn_min: int = 3,
-          name: str | None = None, overwrite: bool = False, data_root: str | None = None, workdir: PathLike = "runs",
-          device: str = "auto", seed: int | None = None, quiet: bool = True, verbose: bool = False) -> PruneOutcome:
+          distance: str = "data", fine_tune_epochs: int | None = None, feature_epochs: int = 0, knn_k: int = 6,
+          knn_min: int = 3, name: str | None = None, overwrite: bool = False, data_root: str | None = None,
+          workdir: PathLike = "runs", device: str = "auto", seed: int | None = None, quiet: bool = True,
+          verbose: bool = False) -> PruneOutcome:
     """Prune run ``model`` into a new run (default name ``SOURCE-pruned``; the source is never
-    modified): ProtoPShare merging down to ``target`` prototypes (Rymarczyk et al., KDD 2021), or
-    ProtoPNet's k-NN test with ``method="knn"``. One process only. Example::
+    modified): ProtoPShare merging down to ``target`` prototypes (Rymarczyk et al., KDD 2021; each
+    step's threshold is the ``step``-th smallest nearest-neighbour dissimilarity, ``distance``
+    ``"data"`` or ``"vectors"``), or ProtoPNet's k-NN test with ``method="knn"``. Under torchrun
+    the passes are sharded and the fine-tuning runs under DistributedDataParallel; rank 0 writes
+    the run. Example::
 
         from p2p_cli.api import prune
         out = prune("s", target=4, workdir="runs")
         print(out.summary["prototypes_before"], "→", out.summary["prototypes_after"])
     """
-    from p2p_cli.errors import P2PError
     from p2p_cli.io.config import config_from_dict
     from p2p_cli.io.rundir import resolve_ref
     from p2p_cli.pruning.loop import PruneOptions
     from p2p_cli.runtime.device import make_runtime
     from p2p_cli.workflows.prune import prune as workflow
 
-    opts = PruneOptions(method=method, target=target, step=step, fine_tune_epochs=fine_tune_epochs,
+    opts = PruneOptions(method=method, target=target, step=step, distance=distance, fine_tune_epochs=fine_tune_epochs,
                         feature_epochs=feature_epochs, knn_k=knn_k, knn_min=knn_min)
     source = resolve_ref(model, Path(workdir))
     src_cfg = config_from_dict(source.read_config(), source=str(source.config_path))
     rt = make_runtime(device, src_cfg.precision, src_cfg.channels_last)
-    if rt.distributed:
-        raise P2PError("p2p prune runs in one process; start it without torchrun")
     run, summary = workflow(str(source.path), workdir=Path(workdir), name=name, opts=opts, rt=rt,
-                            reporter=reporter(quiet, verbose), overwrite=overwrite, data_root=data_root, seed=seed)
-    return PruneOutcome(run.path, summary)
+                            reporter=for_rank(reporter(quiet, verbose), rt), overwrite=overwrite, data_root=data_root,
+                            seed=seed)
+    return PruneOutcome(run.path, summary, rt.is_main)
 
 
 def evaluate(models: Sequence[str] = (), *, teacher: str | None = None, baseline: str | None = None,
@@ -214,8 +220,10 @@ def evaluate(models: Sequence[str] = (), *, teacher: str | None = None, baseline
                        precision=precision, device=device, use_cache=cache, noise_seed=noise_seed,
                        headline_tau=h_tau, chance=chance, chance_seed=seed or 0,
                        save_activations=Path(save_activations) if save_activations is not None else None)
+    from p2p_cli.runtime.distributed import launched_as_main
+
     return evaluate_models(listed(models), workdir=Path(workdir), teacher=teacher, baseline=baseline, options=opts,
-                           reporter=reporter(quiet, verbose))
+                           reporter=reporter(quiet or not launched_as_main(), verbose))
 
 
 def explain(image: PathLike | None = None, *, models: Sequence[str] = (), top_k: int = 5, out: PathLike | None = None,

@@ -61,6 +61,7 @@ def evaluate_cmd(
       p2p evaluate --model s --metrics all --json eval.json
     """
     from p2p_cli import api
+    from p2p_cli.runtime.distributed import launched_as_main
 
     report = api.evaluate(model or [], teacher=teacher, baseline=baseline, metrics=metrics, taus=tau, split=split,
                           fidelity=fidelity, dataset=data.dataset, data_root=data.data_root,
@@ -68,5 +69,7 @@ def evaluate_cmd(
                           save_activations=save_activations, headline_tau=headline_tau or None,
                           noise_seed=noise_seed, chance=chance, cache=cache, seed=common.seed,
                           workdir=common.workdir, device=common.device, quiet=common.quiet, verbose=common.verbose)
+    if not launched_as_main():  # the other ranks of a torchrun job print nothing
+        return
     write_json_report(json_path, report, common.quiet)
     print_report(report)

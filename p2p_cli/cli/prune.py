@@ -14,8 +14,12 @@ from p2p_cli.io.atomic import atomic_write_json
 def prune_cmd(
     model: Annotated[str, typer.Option("--model", "-m", help="run to prune: a path, or a run name in the workdir")],
     target: Annotated[int | None, typer.Option("--target", "-n", help="prototypes to keep (protopshare)")] = None,
-    step: Annotated[int | None, typer.Option("--step", help="prototypes merged away per round (default: 10 % "
-                                             "of the model's prototypes)")] = None,
+    step: Annotated[int | None, typer.Option("--step", help="protopshare: each step's threshold is the STEP-th "
+                                             "smallest nearest-neighbour dissimilarity, so at most STEP prototypes "
+                                             "merge per step (default: 10 % of the model's prototypes)")] = None,
+    distance: Annotated[str, typer.Option("--distance", help="protopshare: dissimilarity of the prototypes' "
+                                          "activation vectors over the training set (data) or of the prototype "
+                                          "vectors (vectors)", metavar="data|vectors")] = "data",
     method: Annotated[str, typer.Option("--method", help="protopshare (merge) or knn (ProtoPNet's k-NN test)",
                                         metavar="protopshare|knn")] = "protopshare",
     fine_tune_epochs: Annotated[int | None, typer.Option("--fine-tune-epochs", help="last-layer epochs after "
@@ -35,11 +39,13 @@ def prune_cmd(
 ) -> None:
     """Prune a trained run's prototypes into a new run (the source is never modified).
 
-    protopshare (default, Rymarczyk et al., KDD 2021): merge the prototypes whose min-distance profiles
-    over the training set are closest, --step per round until --target remain; a merged prototype keeps
-    the survivor's vector, sums the last-layer columns and serves the union of the classes; the last
-    layer is fine-tuned after each round. knn (Chen et al., NeurIPS 2019): drop prototypes with fewer
-    than --knn-min own-class images among their --knn-k nearest, then fine-tune the last layer.
+    protopshare (default, Rymarczyk et al., KDD 2021): in each step, threshold = the --step-th smallest
+    nearest-neighbour dissimilarity (of the prototypes' min distances over the training set); visiting
+    the prototypes in order, every prototype within it of the visited one is merged into it; steps
+    repeat until --target remain. A merged prototype keeps the survivor's vector, sums the last-layer
+    columns and serves the union of the classes; the last layer is fine-tuned after each step.
+    knn (Chen et al., NeurIPS 2019): drop prototypes with fewer than --knn-min own-class images among
+    their --knn-k nearest, then fine-tune the last layer.
 
     Examples:
       p2p prune --model s --target 50
@@ -48,10 +54,13 @@ def prune_cmd(
     """
     from p2p_cli import api
 
-    outcome = api.prune(model, target=target, step=step, method=method, fine_tune_epochs=fine_tune_epochs,
-                        feature_epochs=feature_epochs, knn_k=knn_k, knn_min=knn_min, name=name, overwrite=overwrite,
-                        data_root=data.data_root, workdir=common.workdir, device=common.device, seed=common.seed,
-                        quiet=common.quiet, verbose=common.verbose)
+    outcome = api.prune(model, target=target, step=step, method=method, distance=distance,
+                        fine_tune_epochs=fine_tune_epochs, feature_epochs=feature_epochs, knn_k=knn_k,
+                        knn_min=knn_min, name=name, overwrite=overwrite, data_root=data.data_root,
+                        workdir=common.workdir, device=common.device, seed=common.seed, quiet=common.quiet,
+                        verbose=common.verbose)
+    if not outcome.is_main:  # the other ranks of a torchrun job print nothing
+        return
     summary = outcome.summary
     rep = common.reporter()
     shown = ["round", "stage", "prototypes", "merged", "removed", "threshold", "ce", "train_acc", "test_acc",

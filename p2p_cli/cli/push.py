@@ -43,11 +43,14 @@ def push_cmd(
       p2p push-prototypes -m teacher --data-root /moved/CUB --json push.json
     """
     from p2p_cli import api
+    from p2p_cli.runtime.distributed import launched_as_main
 
     summary = api.push(model, workdir=common.workdir, dataset=data.dataset, data_root=data.data_root,
                        save_images=save_images, name=name, overwrite=overwrite, batch_size=data.batch_size,
                        workers=data.workers, device=common.device, precision=data.precision, quiet=common.quiet,
                        verbose=common.verbose)
+    if not launched_as_main():  # the other ranks of a torchrun job print nothing
+        return
     rep = common.reporter()
     rows = [{k: summary.get(k) for k in ("prototypes", "moved", "unpushed", "max_distance_before",
                                          "distinct_source_images", "test_acc", "push_seconds", "seconds")}]

@@ -8,18 +8,20 @@ training device) and float32 ImageNet-normalised ``(3, S, S)`` for push and test
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
-from torch.utils.data.distributed import DistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from p2p_cli.data.images import ImageDataset
 from p2p_cli.data.index import DatasetIndex
 from p2p_cli.data.readers import load_index
 from p2p_cli.data.transforms import BatchAugment, eval_transform
+from p2p_cli.errors import P2PError
 from p2p_cli.io.config import TrainConfig
 from p2p_cli.runtime.device import Runtime
+from p2p_cli.runtime.distributed import shard_range
 
 
 def load_dataset_index(cfg: TrainConfig) -> DatasetIndex:
@@ -76,23 +78,54 @@ def _worker_init(worker_id: int) -> None:  # keep each worker to one thread: 2-c
     torch.set_num_threads(1)
 
 
+class GlobalBatchSampler(Sampler[list[int]]):
+    """This rank's slice of every global batch of a seeded permutation of ``n`` rows.
+
+    The permutation (``torch.randperm`` from ``seed``) and the global batches of ``batch_size``
+    are those of one process whatever the world size; rank r takes the r-th contiguous slice of
+    each (sizes of :func:`~p2p_cli.runtime.distributed.split_sizes`), so W processes together see
+    exactly the one-process batches. A last partial batch is dropped when ``n > batch_size``.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        if n and min(n, batch_size) < world:
+            raise P2PError(f"batch_size {batch_size} over {n} training images cannot be split across {world} "
+                           "processes: each needs at least one image per batch")
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+
+    def global_sizes(self) -> list[int]:
+        """Size of each global batch, in order."""
+        if self.n <= self.batch_size:
+            return [self.n] if self.n else []
+        return [self.batch_size] * (self.n // self.batch_size)
+
+    def __len__(self) -> int:
+        return len(self.global_sizes())
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed)).tolist()
+        start = 0
+        for size in self.global_sizes():
+            lo, hi = shard_range(size, self.rank, self.world)
+            yield order[start + lo:start + hi]
+            start += size
+
+
 def train_loader(ds: Dataset, cfg: TrainConfig, rt: Runtime, epoch_seed: int) -> DataLoader:
-    """Shuffled loader whose order and augmentation depend only on ``epoch_seed`` (resumable)."""
-    gen = torch.Generator().manual_seed(epoch_seed)
-    if rt.distributed:
-        sampler = DistributedSampler(ds, num_replicas=rt.world_size, rank=rt.rank, shuffle=True,
-                                     seed=epoch_seed, drop_last=True)
-        return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                          generator=gen, drop_last=True, persistent_workers=False,
-                          worker_init_fn=_worker_init, pin_memory=rt.device.type == "cuda")
-    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers, generator=gen,
-                      drop_last=len(ds) > cfg.batch_size, worker_init_fn=_worker_init,
+    """Shuffled loader whose order and augmentation depend only on ``epoch_seed`` (resumable);
+    under torch.distributed each rank gets its slice of the same global batches
+    (:class:`GlobalBatchSampler`): ``cfg.batch_size`` is the global batch."""
+    sampler = GlobalBatchSampler(len(ds), cfg.batch_size, epoch_seed, rt.rank, rt.world_size)
+    return DataLoader(ds, batch_sampler=sampler, num_workers=cfg.workers, worker_init_fn=_worker_init,
                       pin_memory=rt.device.type == "cuda")
 
 
 def eval_loader(ds: Dataset, batch_size: int, workers: int, rt: Runtime | None = None) -> DataLoader:
-    """Ordered loader; under torch.distributed each rank gets a strided shard (no padding)."""
+    """Ordered loader; under torch.distributed each rank gets a contiguous block of the dataset
+    (:func:`~p2p_cli.runtime.distributed.shard_range`), so the ranks' rows in rank order are the
+    dataset's order."""
     if rt is not None and rt.distributed:
-        ds = Subset(ds, list(range(rt.rank, len(ds), rt.world_size)))
+        lo, hi = shard_range(len(ds), rt.rank, rt.world_size)
+        ds = Subset(ds, list(range(lo, hi)))
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
                       worker_init_fn=_worker_init)

@@ -144,10 +144,13 @@ def _own_class_argmax(model: ProtoPNet, distances: torch.Tensor, labels: torch.T
 
 @torch.inference_mode()
 def compute_activations(jobs: Sequence[PassJob], batches: Iterable[Batch], rt: Runtime, *, n_images: int,
-                        image_size: int, noise_seed: int = 0, progress: Callable[[int], None] | None = None) -> None:
+                        image_size: int, noise_seed: int = 0, progress: Callable[[int], None] | None = None,
+                        offset: int = 0) -> None:
     """One streaming pass over the batches feeding every job's model (fills the jobs in place).
 
-    ``batches`` yield ``(images, labels, indices)`` covering indices ``0..n_images-1``; uint8
+    ``batches`` yield ``(images, labels, indices)`` covering indices ``offset..offset+n_images-1``
+    (a shard of a split under torch.distributed: image ``i`` fills row ``i - offset``; the indices
+    themselves seed the stability noise and name the images of the part arrays); uint8
     images are normalised here batch by batch (ImageNet mean/std, as
     :func:`~p2p_cli.data.transforms.eval_transform`), float images are taken as normalised.
 
@@ -180,7 +183,7 @@ def compute_activations(jobs: Sequence[PassJob], batches: Iterable[Batch], rt: R
             x = normalize(x)
         noisy_x = (x + noise).contiguous(memory_format=layout) if noise is not None else None
         x = x.contiguous(memory_format=layout)
-        idx = indices.numpy()
+        idx = indices.numpy() - int(offset)  # rows of this pass's arrays
         for job in jobs:
             if job.base or job.clean:
                 with rt.autocast():

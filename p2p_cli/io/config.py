@@ -72,8 +72,8 @@ class TrainConfig:
     lr_leaves: float = _key(1e-3, "prototree: leaf learning rate (leaf_update gradient)", minimum=0)
     milestones: str | None = _key(None, "prototree: MultiStepLR epochs, comma-separated (× lr_gamma at "
                                   "each; null: no decay)")
-    prune_threshold: float = _key(0.01, "prototree: prune leaves whose max probability ≤ this or ≤ 1/K + "
-                                  "this (nearly uniform)", minimum=0)
+    prune_threshold: float = _key(0.01, "prototree: prune the subtrees whose leaves all have max probability "
+                                  "≤ this", minimum=0)
     # -- schedule (ProtoPNet's warm → joint → push → last layer, Chen et al. 2019) ------------
     epochs: int = _key(20, "warm + joint epochs", minimum=1)
     warm_epochs: int = _key(6, "warm-up epochs (backbone frozen unless warm_train_backbone)", minimum=0)
@@ -81,6 +81,10 @@ class TrainConfig:
     push_start: int | None = _key(12, "first push epoch (null: push only at the end)", minimum=0)
     push_every: int = _key(10, "push every N epochs after push_start", minimum=1)
     last_layer_epochs: int = _key(10, "last-layer epochs after each push", minimum=0)
+    last_layer_data: str = _key("auto", "last-layer stage data: cached similarities of the un-augmented "
+                                "training images, or the augmented training loader (ProtoPNet and the "
+                                "Proto2Proto code); auto = augmented under fidelity reference, else cached",
+                                choices=("auto", "cached", "augmented"))
     batch_size: int = _key(80, "training batch size (per process)", minimum=1)
     test_batch_size: int = _key(100, "evaluation batch size", minimum=1)
     lr_backbone: float = _key(2e-4, "joint-stage backbone learning rate", minimum=0)

@@ -1,7 +1,8 @@
 """Classic knowledge-distillation baselines for the paper's Table 5 (``--method``).
 
-- FitNets hint (Romero et al., ICLR 2015): a 1×1-conv regressor maps the student's add-on
-  features to the teacher's, MSE against the teacher's.
+- FitNets hint (Romero et al., ICLR 2015; Proto2Proto Table 5): a regressor (1×1 conv + ReLU)
+  maps the student's *backbone* output to the teacher's backbone channels, MSE against the
+  teacher's backbone output — the adapter ``stu_feature_adap`` of the Proto2Proto code.
 - RKD (Park et al., CVPR 2019): distance-wise + angle-wise relational losses on per-image
   embeddings of a batch.
 - Logit KD (Hinton et al., 2015): KL between temperature-softened distributions.
@@ -21,31 +22,38 @@ __all__ = ["HintRegressor", "hint_loss", "rkd_loss", "rkd_distance_loss", "rkd_a
 
 
 class HintRegressor(nn.Module):
-    """FitNets regressor: 1×1 conv ``D_s → D_t`` (with bias) on (B, D_s, H, W) features."""
+    """FitNets regressor r: Conv1×1 ``C_s → C_t`` (with bias) followed by a ReLU.
 
-    def __init__(self, d_student: int, d_teacher: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(d_student, d_teacher, kernel_size=1, bias=True)
-
-    def forward(self, features_s: Tensor) -> Tensor:
-        """(B, D_s, H, W) → (B, D_t, H, W)."""
-        return self.conv(features_s)
-
-
-def hint_loss(regressed_s: Tensor, features_t: Tensor) -> Tensor:
-    """FitNets hint loss: mean over all B·D·H·W elements of (r(ω^S) − ω^T)².
-
-    regressed_s, features_t (B, D_t, H, W) → scalar. (FitNets writes ½‖·‖²; we use the plain
-    mean squared error so the scale does not depend on D, H, W.)
+    Maps the student's backbone output v (B, C_s, H, W) to (B, C_t, H, W), the shape of the
+    teacher's backbone output u (the hint). The ReLU is the hint layer's own non-linearity (a
+    ResNet/VGG/DenseNet stage ends in a ReLU), as FitNets requires of r, and is the Proto2Proto
+    code's adapter ``nn.Sequential(nn.Conv2d(512, 2048, 1), nn.ReLU())``.
     """
-    if regressed_s.shape != features_t.shape:
+
+    def __init__(self, c_student: int, c_teacher: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_student, c_teacher, kernel_size=1, bias=True)
+
+    def forward(self, backbone_s: Tensor) -> Tensor:
+        """(B, C_s, H, W) → (B, C_t, H, W), non-negative; computed in float32."""
+        return torch.relu(self.conv(backbone_s.float()))
+
+
+def hint_loss(regressed_s: Tensor, backbone_t: Tensor) -> Tensor:
+    """FitNets hint loss: mean over all B·C_t·H·W elements of (r(v^S) − u^T)².
+
+    regressed_s, backbone_t (B, C_t, H, W) → scalar. (FitNets writes ½‖u − r(v)‖²; the plain
+    mean squared error keeps the scale independent of C_t, H, W — a constant factor, absorbed
+    by ``kd_weight``.)
+    """
+    if regressed_s.shape != backbone_t.shape:
         raise P2PError(
-            f"hint: regressed student features {tuple(regressed_s.shape)} do not match teacher "
-            f"features {tuple(features_t.shape)} (same H×W needed)"
+            f"hint: regressed student backbone output {tuple(regressed_s.shape)} does not match the "
+            f"teacher's {tuple(backbone_t.shape)} (same H×W needed)"
         )
     # Written as (r − t)² rather than F.mse_loss: mse_loss saves its target for backward, which
     # fails for a teacher tensor made under torch.inference_mode(); the difference saves neither.
-    return (regressed_s.float() - features_t.detach().float()).square().mean()
+    return (regressed_s.float() - backbone_t.detach().float()).square().mean()
 
 
 def _pairwise_distances(emb: Tensor) -> Tensor:

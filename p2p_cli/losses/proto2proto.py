@@ -10,16 +10,19 @@ gradients reach only the student. Shapes:
 Two fidelity modes (``--fidelity``):
 
 - ``"paper"`` (default): Eq. 1-5 as written — the active-patch mask comes from the
-  **teacher's** distances and ``L_global = mean_j ‖p_j^T − p_j^S‖₂``.
+  **teacher's** distances, ``L_ppc`` is Eq. 4's mean over images of the unsquared L2 norm of the
+  masked difference, and ``L_global = mean_j ‖p_j^T − p_j^S‖₂``.
 - ``"reference"``: the public code's behaviour — the mask comes from the **student's**
-  distances and ``L_global = mean |p^S − p^T|`` element-wise (its ``PairwiseDistance`` runs
-  over the size-1 last axis of the (m, D, 1, 1) prototypes; the code's ε = 1e-6 inside the
-  absolute value is left out, a ≤ 1e-6 difference).
+  distances, ``L_ppc = Σ M·(ω^T − ω^S)² / (2ΣM + 1)`` and ``L_global = mean |p^S − p^T|``
+  element-wise (its ``PairwiseDistance`` runs over the size-1 last axis of the (m, D, 1, 1)
+  prototypes; the code's ε = 1e-6 inside the absolute value is left out, a ≤ 1e-6 difference).
 
 Teacher tensors produced under ``torch.inference_mode()`` are accepted: see :func:`ppc_loss`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -81,18 +84,35 @@ def _usable(t: Tensor) -> Tensor:
     return t.clone() if t.is_inference() else t
 
 
-def ppc_loss(features_t: Tensor, features_s: Tensor, mask: Tensor) -> Tensor:
-    """Patch-Prototype Correspondence loss, Eq. 4, normalised as the public Proto2Proto code does.
+def ppc_loss(features_t: Tensor, features_s: Tensor, mask: Tensor, fidelity: str = "paper",
+             batch_sum: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """Patch-Prototype Correspondence loss L_ppc (Proto2Proto Eq. 4).
 
-    ``L_ppc = Σ_{b,c,h,w} M·(ω^T − ω^S)² / (2·Σ_{b,h,w} M + 1)``.
+    features_t, features_s (B, D, H, W); mask (B, H, W) of 0/1 → scalar.
 
-    features_t, features_s (B, D, H, W); mask (B, H, W) → scalar. Gradient flows only into
-    ``features_s`` (teacher features and mask are detached); it is exactly 0 wherever M = 0.
+    - ``"paper"`` (Eq. 4 as written): the mean over the batch's images of the L2 norm (not
+      squared) of the masked difference,
+      ``L_ppc = (1/B) Σ_b ‖M(x_b) · [ω^T(x_b) − ω^S(x_b)]‖₂``, the norm over all D·H·W entries
+      of image b (the mask broadcast over D). An image with no active patch contributes 0; at a
+      zero difference ``torch.linalg.vector_norm`` gives the subgradient 0 (finite, not NaN).
+    - ``"reference"`` (the public code's ``featureLoss_mask``):
+      ``L_ppc = Σ_{b,c,h,w} M·(ω^T − ω^S)² / (2·Σ_{b,h,w} M + 1)`` over the whole batch.
+
+    Gradient flows only into ``features_s`` (teacher features and mask are detached); it is
+    exactly 0 wherever M = 0. Accumulates in float32 even under bf16/fp16 autocast.
+
+    Data parallelism: the reference form's normaliser couples the images of a batch. Where this
+    process holds ``B`` of the global batch's ``N`` images, ``batch_sum`` sums a tensor over all
+    processes: the denominator is then the global batch's, and the result is scaled by ``N/B``
+    so that the processes' losses weighted by ``B/N`` (what averaging their gradients does, see
+    :func:`~p2p_cli.runtime.distributed.loss_weight`) add up to the one-process ``L_ppc``. The
+    paper form is a per-image mean, which that weighting already makes the global batch's mean.
 
     Inference tensors: ``ω^T − ω^S`` saves neither operand for backward, so an inference-mode
     ``features_t`` works as is; the product with ``M`` *does* save ``M``, so a mask computed
     inside ``torch.inference_mode()`` is cloned to a normal tensor first (cheap: B·H·W).
     """
+    check_fidelity(fidelity)
     if features_t.shape != features_s.shape:
         raise P2PError(
             f"teacher and student add-on features differ in shape: teacher {tuple(features_t.shape)}, "
@@ -101,11 +121,16 @@ def ppc_loss(features_t: Tensor, features_s: Tensor, mask: Tensor) -> Tensor:
     b, _, h, w = features_s.shape
     if tuple(mask.shape) != (b, h, w):
         raise P2PError(f"active-patch mask must be (B, H, W) = {(b, h, w)}, got {tuple(mask.shape)}")
-    # accumulate in float32 even if the features come out of bf16/fp16 autocast
-    m = _usable(mask).float()
-    diff = features_t.detach().float() - features_s.float()
-    num = (diff.square() * m.unsqueeze(1)).sum()
-    return num / (2.0 * m.sum() + 1.0)
+    m = _usable(mask).float().unsqueeze(1)  # (B, 1, H, W)
+    diff = features_t.detach().float() - features_s.float()  # (B, D, H, W)
+    if fidelity == "paper":
+        per_image = torch.linalg.vector_norm((diff * m).flatten(1), ord=2, dim=1)  # (B,)
+        return per_image.mean()
+    num = (diff.square() * m).sum()
+    if batch_sum is None:
+        return num / (2.0 * m.sum() + 1.0)
+    totals = batch_sum(torch.stack([m.sum().detach(), torch.tensor(float(b), device=m.device)]))  # Σ M, N
+    return num * (totals[1] / b) / (2.0 * totals[0] + 1.0)
 
 
 def _flat_prototypes(p: Tensor) -> Tensor:
@@ -149,6 +174,7 @@ def transfer_losses(
     fidelity: str = "paper",
     lambda_global: float = 10.0,
     lambda_ppc: float = 10.0,
+    batch_sum: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Proto2Proto transfer terms of Eq. 6 (everything but ``L_model``).
 
@@ -156,7 +182,7 @@ def transfer_losses(
     and ``active_patch_mask(distances_s, tau_train)`` in ``"reference"`` fidelity; only the
     distances that fidelity uses are required (the other may be None).
 
-    Returns unweighted ``"ppc"`` and ``"global"`` and
+    ``batch_sum``: see :func:`ppc_loss` (data parallelism). Returns unweighted ``"ppc"`` and ``"global"`` and
     ``"total_transfer" = λ_global·global + λ_ppc·ppc``.
     """
     check_fidelity(fidelity)
@@ -169,7 +195,7 @@ def transfer_losses(
             f"distance grid {tuple(source.shape[-2:])} does not match feature grid {tuple(features_s.shape[-2:])}"
         )
     mask = active_patch_mask(source, tau_train)
-    ppc = ppc_loss(features_t, features_s, mask)
+    ppc = ppc_loss(features_t, features_s, mask, fidelity, batch_sum)
     glob = global_loss(prototypes_t, prototypes_s, fidelity)
     total = lambda_global * glob + lambda_ppc * ppc
     return {"ppc": ppc, "global": glob, "total_transfer": total}

@@ -9,7 +9,8 @@ A *method* says which model outputs it needs and turns them into transfer-loss t
 
 ``teacher_out`` / ``student_out`` are dicts with (a subset of) the keys ``"logits"`` (B, K),
 ``"min_distances"`` (B, m), ``"distances"`` (B, m, H, W), ``"features"`` (B, D, H, W) and
-``"prototypes"`` (m, D) or (m, D, 1, 1). ``teacher_keys`` / ``student_keys`` list what a
+``"prototypes"`` (m, D) or (m, D, 1, 1), and ``"backbone"`` (B, C, H, W), the backbone's output
+before the add-on (read by ``hint`` only). ``teacher_keys`` / ``student_keys`` list what a
 method reads (depending on ``cfg`` for Proto2Proto's fidelity); ``needs_teacher`` is False
 only for ``none``, so the trainer can skip the teacher's forward pass.
 
@@ -101,6 +102,8 @@ class DistillMethod:
 
     name: ClassVar[str] = ""
     needs_teacher: ClassVar[bool] = True
+    # what make_modules' widths are: the add-on's prototype depth D, or the backbone's channels C
+    module_widths: ClassVar[str] = "prototype_depth"
 
     def __init__(self) -> None:
         self.modules: nn.ModuleDict = nn.ModuleDict()
@@ -114,7 +117,8 @@ class DistillMethod:
         return frozenset()
 
     def make_modules(self, d_student: int, d_teacher: int) -> nn.ModuleDict:
-        """Extra trainable modules (optimise and checkpoint them with the student)."""
+        """Extra trainable modules (optimise and checkpoint them with the student); the widths are
+        the models' ``module_widths`` (prototype depth D, or backbone channels C)."""
         return self.modules
 
     def compute(
@@ -176,19 +180,23 @@ class Proto2Proto(DistillMethod):
             fidelity=cfg_get(cfg, "fidelity", "paper"),
             lambda_global=float(cfg_get(cfg, "lambda_global", 10.0)),
             lambda_ppc=float(cfg_get(cfg, "lambda_ppc", 10.0)),
+            batch_sum=cfg_get(cfg, "batch_sum", None),
         )
         return {"ppc": out["ppc"], "global": out["global"], "transfer": out["total_transfer"]}
 
 
 @register_method("hint")
 class Hint(DistillMethod):
-    """FitNets: ``λ_hint · MSE(regressor(ω^S), ω^T)`` with a trainable 1×1 regressor."""
+    """FitNets (Proto2Proto Table 5): ``λ_hint · MSE(r(v^S), u^T)`` on the backbone outputs, with
+    a trainable regressor r = Conv1×1(C_s → C_t) + ReLU (the Proto2Proto code's adapter)."""
+
+    module_widths = "backbone_channels"
 
     def teacher_keys(self, cfg: Any = None) -> frozenset[str]:
-        return frozenset({"features"})
+        return frozenset({"backbone"})
 
     def student_keys(self, cfg: Any = None) -> frozenset[str]:
-        return frozenset({"features"})
+        return frozenset({"backbone"})
 
     def make_modules(self, d_student: int, d_teacher: int) -> nn.ModuleDict:
         self.modules = nn.ModuleDict({"hint_regressor": HintRegressor(d_student, d_teacher)})
@@ -198,9 +206,9 @@ class Hint(DistillMethod):
         self, teacher: Mapping[str, Tensor], student: Mapping[str, Tensor], cfg: Any = None
     ) -> dict[str, Tensor]:
         if "hint_regressor" not in self.modules:
-            raise RuntimeError("call make_modules(d_student, d_teacher) before compute() for 'hint'")
-        regressed = self.modules["hint_regressor"](student["features"])
-        hint = hint_loss(regressed, teacher["features"])
+            raise RuntimeError("call make_modules(c_student, c_teacher) before compute() for 'hint'")
+        regressed = self.modules["hint_regressor"](student["backbone"])
+        hint = hint_loss(regressed, teacher["backbone"])
         return {"hint": hint, "transfer": float(cfg_get(cfg, "lambda_hint", 1.0)) * hint}
 
 

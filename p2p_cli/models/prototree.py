@@ -17,9 +17,11 @@ A complete tree of depth d has L = 2^d leaves and m = 2^d − 1 prototypes (brea
 leaves left to right); pruning deletes rows and columns. Path probabilities are then one
 matrix product: ``log π = R·log p + Lm·log(1 − p)`` (R, Lm the ±1 indicator matrices).
 
-Leaves: ``leaf_params`` c (L, K). ``leaf_update="gradient"``: σ(c) = softmax(c), trained by
-backprop. ``"derivative-free"``: c are non-negative responsibility masses, σ(c) = c / Σc, updated
-after every batch by :meth:`ProtoTree.update_leaves` (no gradients; see there).
+Leaves: ``leaf_params`` c (L, K), σ(c_ℓ) = softmax(c_ℓ) in both modes. ``leaf_update="gradient"``:
+c ~ N(0, 1), trained by backprop. ``"derivative-free"`` (the paper's default): c starts at zero
+(every leaf uniform) and is updated after every optimizer step by :meth:`ProtoTree.update_leaves`
+(no gradients: the paper's derivative-free update, as their public code applies it). Pruning
+(:meth:`ProtoTree.prune_`) removes the subtrees whose leaves all have max σ ≤ τ.
 """
 
 from __future__ import annotations
@@ -156,11 +158,11 @@ class ProtoTree(PrototypeNetwork):
         self.register_buffer("routes", routes.clone().to(torch.int8))
         self.prototype_vectors = nn.Parameter(torch.randn(m, depth, 1, 1) * 0.1 + 0.5)  # N(0.5, 0.1)
         k = config.num_classes
-        if self.derivative_free:
-            init = torch.softmax(torch.randn(leaves, k), dim=1) / leaves  # masses; each leaf's row sums to 1/L
-            self.leaf_params = nn.Parameter(init, requires_grad=False)
-        else:
-            self.leaf_params = nn.Parameter(torch.randn(leaves, k) * 1e-3)
+        if self.derivative_free:  # zeros: every leaf starts uniform (Nauta et al. 2021, public code)
+            self.leaf_params = nn.Parameter(torch.zeros(leaves, k), requires_grad=False)
+        else:  # the public code's gradient-trained leaves: randn
+            self.leaf_params = nn.Parameter(torch.randn(leaves, k))
+        self._epoch_start: torch.Tensor | None = None  # c at the start of the epoch (not saved)
 
     # -- shapes -------------------------------------------------------------------------------
     @property
@@ -175,12 +177,12 @@ class ProtoTree(PrototypeNetwork):
         return tree_from_routes(self.routes)
 
     def leaf_distributions(self) -> torch.Tensor:
-        """σ(c): (L, K), rows sum to 1."""
-        c = self.leaf_params.float()
-        if self.derivative_free:
-            c = c.clamp_min(0) + _EPS
-            return c / c.sum(dim=1, keepdim=True)
-        return torch.softmax(c, dim=1)
+        """σ(c) = softmax(c) per leaf: (L, K), rows sum to 1 (Nauta et al. 2021, §3)."""
+        return torch.softmax(self.leaf_params.float(), dim=1)
+
+    def log_leaf_distributions(self) -> torch.Tensor:
+        """log σ(c) = log_softmax(c): (L, K), finite even where σ underflows to 0."""
+        return torch.log_softmax(self.leaf_params.float(), dim=1)
 
     @property
     def class_identity(self) -> torch.Tensor:
@@ -214,10 +216,11 @@ class ProtoTree(PrototypeNetwork):
 
     def logits_from_min_distances(self, min_distances: torch.Tensor) -> torch.Tensor:
         """log ŷ (B, K), ŷ = Σ_ℓ π_ℓ σ(c_ℓ) — log-space or plain per ``log_probabilities``."""
-        dist = self.leaf_distributions().to(min_distances.device)
         if self.config.log_probabilities:
             log_pi = self.log_path_probabilities(min_distances)
-            return torch.logsumexp(log_pi[:, :, None] + torch.log(dist + _EPS)[None], dim=1)
+            log_dist = self.log_leaf_distributions().to(min_distances.device)
+            return torch.logsumexp(log_pi[:, :, None] + log_dist[None], dim=1)
+        dist = self.leaf_distributions().to(min_distances.device)
         return torch.log(self.path_probabilities(min_distances) @ dist + _EPS)
 
     def similarity(self, min_distances: torch.Tensor) -> torch.Tensor:
@@ -250,47 +253,63 @@ class ProtoTree(PrototypeNetwork):
     # -- derivative-free leaves ---------------------------------------------------------------
     @torch.no_grad()
     def leaf_statistics(self, min_distances: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Σ over the batch of the leaf responsibilities (L, K):
+        """The batch's update term (L, K): ``u_ℓ = Σ_b π_ℓ(x_b) · σ_ℓ ⊙ y_b / ŷ(x_b)``.
 
-        ``u_ℓ,k = Σ_b [y_b = k] · σ_ℓ,k · π_ℓ(x_b) / ŷ_k(x_b)`` — the posterior probability that
-        image b (of class k) was explained by leaf ℓ (Kontschieder et al. 2015; ProtoTree Eq. 6).
-        For each image the row-sum over leaves is 1."""
-        dist = self.leaf_distributions().to(min_distances.device)  # (L, K)
+        Nauta et al. 2021's derivative-free update (after Kontschieder et al. 2015). With y_b
+        one-hot only the label's entry is non-zero,
+        ``u_ℓ,k = Σ_b [y_b = k] · π_ℓ(x_b)·σ_ℓ,k / ŷ_k(x_b)``, and each image's entries sum to 1
+        over the leaves (it is the posterior that leaf ℓ explained image b).
+        min_distances: (B, m) Euclidean; labels: (B,)."""
+        log_dist = self.log_leaf_distributions().to(min_distances.device)  # (L, K)
         log_pi = self.log_path_probabilities(min_distances)  # (B, L)
-        log_sig_y = torch.log(dist + _EPS).t()[labels]  # (B, L): log σ_ℓ,y_b
-        joint = log_pi + log_sig_y
-        resp = torch.softmax(joint, dim=1)  # divide by ŷ_y(x) = Σ_ℓ π_ℓ σ_ℓ,y
-        onehot = torch.nn.functional.one_hot(labels, self.config.num_classes).float()  # (B, K)
+        joint = log_pi + log_dist.t()[labels]  # (B, L): log π_ℓ(x_b) + log σ_ℓ,y_b
+        resp = torch.softmax(joint, dim=1)  # ÷ ŷ_y(x_b) = Σ_ℓ π_ℓ σ_ℓ,y
+        onehot = torch.nn.functional.one_hot(labels, self.config.num_classes).to(resp.dtype)  # (B, K)
         return resp.t() @ onehot
 
     @torch.no_grad()
-    def update_leaves(self, statistics: torch.Tensor, count: int, smoothing: float) -> None:
-        """``c ← (1 − α)·c + α·u/B``: exponential smoothing (α = ``smoothing``, the trainer uses
-        1 / batches per epoch) of the batch's mean responsibilities ``u/B``."""
-        new = (1 - smoothing) * self.leaf_params.data.float() + smoothing * statistics.float() / max(count, 1)
+    def begin_leaf_epoch(self) -> None:
+        """Remember c at the start of an epoch: :meth:`update_leaves` removes 1/batches of it per step."""
+        self._epoch_start = self.leaf_params.detach().float().clone()
+
+    @torch.no_grad()
+    def update_leaves(self, statistics: torch.Tensor, batches: int) -> None:
+        """Nauta et al. 2021's derivative-free step after an optimizer step, as their public code
+        runs it within an epoch:
+
+        ``c ← max(c − c_start / n_batches, 0) + u``, with c_start the parameters at the start of
+        the epoch (:meth:`begin_leaf_epoch`), n_batches the batches per epoch and u (L, K) the
+        batch's :meth:`leaf_statistics`. Over a whole epoch c_start is removed and the epoch's
+        soft counts Σ u take its place."""
+        if self._epoch_start is None:
+            raise RuntimeError("update_leaves before begin_leaf_epoch")
+        start = self._epoch_start.to(self.leaf_params.device)
+        new = (self.leaf_params.data.float() - start / max(batches, 1)).clamp_min(0) + statistics.float()
         self.leaf_params.data.copy_(new.to(self.leaf_params.dtype))
 
     # -- pruning ------------------------------------------------------------------------------
     def prunable_leaves(self, threshold: float) -> torch.Tensor:
-        """(L,) bool: max σ ≤ threshold, or nearly uniform (max σ − 1/K ≤ threshold)."""
-        mx = self.leaf_distributions().amax(dim=1)
-        return (mx <= threshold) | (mx - 1.0 / self.config.num_classes <= threshold)
+        """(L,) bool: the leaf's max σ ≤ ``threshold`` (Nauta et al. 2021, §3 "Pruning")."""
+        return self.leaf_distributions().amax(dim=1) <= threshold
 
     @torch.no_grad()
     def prune_(self, threshold: float) -> dict[str, int]:
-        """Remove every maximal subtree whose leaves are all prunable; its parent node is removed
-        too and the sibling subtree takes the parent's place. In place; returns the sizes."""
+        """Nauta et al. 2021, §3 "Pruning": remove every maximal subtree whose leaves all have
+        max σ ≤ ``threshold``, with its parent node; the sibling subtree takes the parent's
+        place. As in their public code (``prune.py``) the root is never removed: a prunable
+        subtree hanging directly from the root is kept (with everything in it), and so is a
+        tree prunable everywhere. In place; returns the sizes before and after."""
         before = {"leaves_before": self.num_leaves, "prototypes_before": self.num_prototypes}
         bad = self.prunable_leaves(threshold).cpu()
         drop_leaves: set[int] = set()
         drop_nodes: set[int] = set()
 
-        def visit(node: Node) -> bool:  # True if the whole subtree is prunable
+        def visit(node: Node, is_root: bool) -> bool:  # True if every leaf below is prunable
             if node.leaf is not None:
                 return bool(bad[node.leaf])
-            lp, rp = visit(node.left), visit(node.right)  # type: ignore[arg-type]
-            if lp and rp:
-                return True
+            lp, rp = visit(node.left, False), visit(node.right, False)  # type: ignore[arg-type]
+            if (lp and rp) or is_root:
+                return lp and rp
             for child, prunable in ((node.left, lp), (node.right, rp)):
                 if prunable:
                     drop_leaves.update(child.leaves())  # type: ignore[union-attr]
@@ -298,7 +317,7 @@ class ProtoTree(PrototypeNetwork):
                     drop_nodes.add(node.prototype)  # type: ignore[arg-type]
             return False
 
-        visit(self.tree())  # an entirely prunable tree is kept whole (nothing would be left)
+        visit(self.tree(), True)
         keep_l = [i for i in range(self.num_leaves) if i not in drop_leaves]
         keep_m = [j for j in range(self.num_prototypes) if j not in drop_nodes]
         self._select(keep_l, keep_m)
@@ -340,10 +359,10 @@ class ProtoTree(PrototypeNetwork):
             self.prototype_vectors.normal_(0.5, 0.1)
             if copy_head:
                 self.leaf_params.copy_(teacher.leaf_params)
-            elif self.derivative_free:  # uniform masses; routing breaks the symmetry
-                self.leaf_params.fill_(1.0 / (self.num_leaves * self.config.num_classes))
+            elif self.derivative_free:  # the paper's start: c = 0, every leaf uniform
+                self.leaf_params.zero_()
             else:
-                self.leaf_params.normal_(0.0, 1e-3)
+                self.leaf_params.normal_(0.0, 1.0)
 
     @staticmethod
     def structure_from(tensors: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor | None]:

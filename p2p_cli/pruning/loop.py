@@ -1,16 +1,21 @@
-"""The pruning loop: ProtoPShare merge rounds or one k-NN round, each followed by fine-tuning.
+"""The pruning loop: ProtoPShare merge steps or one k-NN round, each followed by fine-tuning.
 
-**ProtoPShare** (Rymarczyk et al., KDD 2021): each round merges the ``step`` closest prototypes by
-profile dissimilarity (:mod:`p2p_cli.pruning.protopshare`); a group keeps its lowest-index
-member's vector (the survivor), sums the members' last-layer columns and serves the union of
-their classes (:meth:`ProtoPNet.merge_prototypes`). Then the last layer is fine-tuned
-(``CE + λ_l1·L1``, Adam at ``lr_last_layer``, on cached similarities) by an optimizer created
-for the *merged* model — the public ProtoPShare code keeps its optimizers bound to detached
-copies after a merge, so its fine-tuning silently does nothing. Profiles are re-computed after
-each round: with last-layer-only fine-tuning nothing before the last layer changes and the
-survivors keep their vectors, so the new profiles are exactly the survivors' columns of the old
-ones (no extra pass); with ``feature_epochs > 0`` the add-on and prototypes are trained (backbone
-frozen) through the trainer's public API, pushed again, and the profiles come from a new pass.
+**ProtoPShare** (Rymarczyk et al., KDD 2021; public code `proto_join.py`): each step computes the data-dependent
+dissimilarity of the prototypes' activation vectors over the un-augmented training set, takes the
+threshold κ = the ``step``-th smallest nearest-neighbour dissimilarity and, visiting the
+prototypes in index order, merges every prototype within κ of the visited one into it
+(:mod:`p2p_cli.pruning.protopshare`); a group keeps its survivor's vector, sums the members'
+last-layer columns and serves the union of their classes (:meth:`ProtoPNet.merge_prototypes`).
+The steps repeat until ``target`` prototypes are left; the paper has no target, so the step
+that would go below it merges only the nearest candidates that reach it. After each step the last
+layer is fine-tuned (``CE + λ_l1·L1``, Adam at ``lr_last_layer``, on cached similarities) by an
+optimizer created for the *merged* model — the public ProtoPShare code keeps its optimizers
+bound to detached copies after a merge, so its fine-tuning silently does nothing. Activation
+vectors are re-computed after each step: with last-layer-only fine-tuning nothing before the
+last layer changes and the survivors keep their vectors, so the new ones are exactly the
+survivors' columns of the old ones (no extra pass); with ``feature_epochs > 0`` the add-on and
+prototypes are trained (backbone frozen) through the trainer's public API, pushed again, and the
+vectors come from a new pass.
 
 **k-NN pruning** (ProtoPNet, Chen et al. 2019, §2.5): drop the prototypes that fail the
 neighbour test (:mod:`p2p_cli.pruning.knn`), then fine-tune the last layer.
@@ -31,7 +36,7 @@ from p2p_cli.errors import P2PError
 from p2p_cli.io.config import TrainConfig
 from p2p_cli.models.protopnet import ProtoPNet, log_similarity
 from p2p_cli.pruning.knn import knn_keep
-from p2p_cli.pruning.protopshare import plan_merges, profile_dissimilarity
+from p2p_cli.pruning.protopshare import plan_merges, profile_dissimilarity, vector_dissimilarity
 from p2p_cli.runtime.device import Runtime
 from p2p_cli.runtime.reporter import Reporter
 from p2p_cli.runtime.seeding import seed_everything
@@ -42,16 +47,21 @@ from p2p_cli.training.schedule import Step
 from p2p_cli.training.trainer import Adversary, Trainer
 
 METHODS = ("protopshare", "knn")
+DISTANCES = ("data", "vectors")
 
 
 @dataclass(frozen=True)
 class PruneOptions:
-    """What to prune and how. ``step`` None: 10 % of the source's prototypes per round;
-    ``fine_tune_epochs`` None: the source config's ``last_layer_epochs``."""
+    """What to prune and how. ``step``: the rank k of each ProtoPShare step's threshold (at
+    most that many merge per step; None: 10 % of the source's prototypes); ``distance``: ``data``
+    (activation vectors over the training set, the paper's default) or ``vectors`` (the
+    prototype vectors); ``fine_tune_epochs``
+    None: the source config's ``last_layer_epochs``."""
 
     method: str = "protopshare"
     target: int | None = None
     step: int | None = None
+    distance: str = "data"
     fine_tune_epochs: int | None = None
     feature_epochs: int = 0
     knn_k: int = 6
@@ -78,7 +88,7 @@ class PruneResult:
 
 
 def round_size(opts: PruneOptions, m: int) -> int | None:
-    """Prototypes merged away per ProtoPShare round (``step``, default 10 % of ``m``); None for k-NN."""
+    """The threshold rank k of a ProtoPShare step (``step``, default ⌈10 % of ``m``⌉); None for k-NN."""
     if opts.method != "protopshare":
         return None
     return opts.step or max(1, math.ceil(0.1 * m))
@@ -121,7 +131,7 @@ def prune_model(model: ProtoPNet, data: DataBundle, cfg: TrainConfig, opts: Prun
         if epochs == 0:
             return {}
         opt = last_layer_optimizer(current, cfg)  # bound to the merged model's own parameters
-        rows = fit_last_layer(current, opt, log_similarity(train_d), train_y, cfg, epochs, generator=gen)
+        rows = fit_last_layer(current, opt, log_similarity(train_d), train_y, cfg, epochs, generator=gen, rt=rt)
         current.requires_grad_(False)
         return {"ce": rows[-1]["ce"], "train_acc": rows[-1]["train_acc"]}
 
@@ -149,8 +159,11 @@ def prune_model(model: ProtoPNet, data: DataBundle, cfg: TrainConfig, opts: Prun
         while model.num_prototypes > target:
             t_round = time.perf_counter()
             index += 1
-            count = min(step, model.num_prototypes - target)  # type: ignore[type-var]
-            groups, threshold = plan_merges(profile_dissimilarity(train_d), count)
+            m = model.num_prototypes
+            dissimilarity = (profile_dissimilarity(train_d) if opts.distance == "data"
+                             else vector_dissimilarity(model.prototypes.detach().cpu()))
+            groups, threshold = plan_merges(dissimilarity, min(step, m), limit=m - target)  # type: ignore[type-var]
+            count = m - len(groups)
             model = model.merge_prototypes(groups)
             origins = [[o for j in g for o in origins[j]] for g in groups]
             survivors = [g[0] for g in groups]
@@ -203,12 +216,14 @@ def validate(opts: PruneOptions, m: int) -> None:
         raise P2PError(f"--fine-tune-epochs must be ≥ 0, got {opts.fine_tune_epochs}")
     if opts.feature_epochs < 0:
         raise P2PError(f"--feature-epochs must be ≥ 0, got {opts.feature_epochs}")
+    if opts.distance not in DISTANCES:
+        raise P2PError(f"unknown --distance {opts.distance!r} (choose {' or '.join(DISTANCES)})")
     if opts.method == "knn":
         if opts.target is not None or opts.step is not None:
             raise P2PError("--target/--step apply to --method protopshare; k-NN pruning drops the prototypes "
                            "that fail the neighbour test (--knn-k, --knn-min)")
-        if opts.feature_epochs:
-            raise P2PError("--feature-epochs applies to --method protopshare")
+        if opts.feature_epochs or opts.distance != "data":
+            raise P2PError("--feature-epochs and --distance apply to --method protopshare")
         if not 1 <= opts.knn_min <= opts.knn_k:
             raise P2PError(f"need 1 ≤ --knn-min ≤ --knn-k, got --knn-min {opts.knn_min} --knn-k {opts.knn_k}")
         return

@@ -43,7 +43,8 @@ class Runtime:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` → cuda if available, else mps, else cpu; explicit names are checked."""
+    """``auto`` → cuda if available, else mps, else cpu; explicit names are checked. ``cuda``
+    without an index is ``cuda:LOCAL_RANK`` (one GPU per torchrun process; 0 without torchrun)."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -58,6 +59,8 @@ def resolve_device(name: str) -> torch.device:
         raise P2PError(f"device '{name}' requested but CUDA is not available on this machine")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise P2PError("device 'mps' requested but MPS is not available on this machine")
+    if device.type == "cuda" and device.index is None:  # under torchrun: this process's own GPU
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return device
 
 

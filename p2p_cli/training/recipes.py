@@ -41,19 +41,29 @@ class Recipe:
         and joint stages (ProtoPNet: none — its last layer has a stage of its own)."""
         return ()
 
-    def stage_groups(self, stage: str, cfg: TrainConfig, *, head_frozen: bool = False) -> tuple[str, ...]:
+    def joint_head_groups(self) -> tuple[str, ...]:
+        """Groups of the decision head that the joint stage adds when an objective asks for it
+        (ProtoPNet: its last layer; see :meth:`stage_groups`)."""
+        return ()
+
+    def stage_groups(self, stage: str, cfg: TrainConfig, *, head_frozen: bool = False,
+                     joint_head: bool = False) -> tuple[str, ...]:
         """The parameter groups ``stage`` optimises, in optimizer order (all others are frozen).
 
         warm: add-on, prototypes, an objective's extra modules (and the backbone with
-        ``warm_train_backbone``); joint: backbone too; last_layer: the last layer, unless the
-        head is the teacher's, frozen.
+        ``warm_train_backbone``); joint: backbone too, and with ``joint_head`` (Proto2Proto
+        distillation under ``fidelity: reference``, whose public code puts the last layer in its
+        joint optimizer at ``lrLastLayer``) the :meth:`joint_head_groups`; last_layer: the last
+        layer, unless the head is the teacher's, frozen.
         """
         head = self.head_groups(cfg, head_frozen=head_frozen)
         if stage == "warm":
             groups = ("add_on", "prototypes", "extra") + head
             return ("backbone",) + groups if cfg.warm_train_backbone else groups
         if stage == "joint":
-            return ("backbone", "add_on", "prototypes", "extra") + head
+            extra_head = tuple(g for g in self.joint_head_groups() if g not in head)
+            return ("backbone", "add_on", "prototypes", "extra") + head + (
+                extra_head if joint_head and not head_frozen else ())
         if stage == "last_layer":
             return () if head_frozen else ("last_layer",)
         raise ValueError(stage)
@@ -66,6 +76,9 @@ class Recipe:
                   ) -> dict[str, torch.Tensor]:
         """The loss that trains the model for classification: named terms and their weighted ``total``."""
         raise NotImplementedError
+
+    def before_epoch(self, model: nn.Module, *, head_frozen: bool) -> None:
+        """Called at the start of every training epoch, before its first batch."""
 
     def after_batch(self, model: nn.Module, out: ProtoOutput, labels: torch.Tensor, batches: int, rt: Runtime,
                     *, head_frozen: bool) -> None:
@@ -113,6 +126,9 @@ class ProtoPNetRecipe(Recipe):
                 steps.append(Step("last_layer", "last_layer", epoch))
         return steps
 
+    def joint_head_groups(self) -> tuple[str, ...]:
+        return ("last_layer",)
+
     def lr_factor(self, cfg: TrainConfig, stage: str, epoch: int) -> float:
         return joint_lr_factor(cfg, epoch) if stage == "joint" else 1.0
 
@@ -152,21 +168,25 @@ class ProtoTreeRecipe(Recipe):
         nll = nn.functional.nll_loss(out.logits, labels)
         return {"nll": nll, "total": nll}
 
+    def before_epoch(self, model: nn.Module, *, head_frozen: bool) -> None:
+        """Derivative-free leaves: remember their parameters at the start of the epoch."""
+        if model.derivative_free and not head_frozen:
+            model.begin_leaf_epoch()
+
     def after_batch(self, model: nn.Module, out: ProtoOutput, labels: torch.Tensor, batches: int, rt: Runtime,
                     *, head_frozen: bool) -> None:
-        """The derivative-free leaf update (Nauta et al. 2021, §3.2): after each batch the
-        leaves move towards the batch's responsibilities (L, K), smoothed over an epoch
-        (α = 1 / batches per epoch); under torch.distributed the statistics of all ranks are
-        summed. Nothing for gradient-trained leaves or a teacher's leaves reused frozen."""
+        """Nauta et al. 2021's derivative-free leaf update, after every optimizer step as in their code:
+        ``c ← max(c − c_epoch-start / batches, 0) + u`` with u (L, K) the batch's summed
+        responsibilities (:meth:`ProtoTree.update_leaves`), from the same forward pass as the
+        loss; under torch.distributed u is summed over the ranks (one global batch). Nothing for
+        gradient-trained leaves or a teacher's leaves reused frozen."""
         if not model.derivative_free or head_frozen:
             return
         stats = model.leaf_statistics(out.min_distances.detach().float(), labels)
-        count = torch.tensor([float(len(labels))], device=stats.device)
-        stats, count = all_reduce_sum(stats, rt), all_reduce_sum(count, rt)
-        model.update_leaves(stats, int(count.item()), 1.0 / max(batches, 1))
+        model.update_leaves(all_reduce_sum(stats, rt), batches)
 
     def prune(self, model: nn.Module, cfg: TrainConfig, reporter: Reporter) -> dict[str, Any]:
-        """Drop the subtrees of (nearly) uniform leaves (max σ ≤ ``prune_threshold`` or within it of 1/K)."""
+        """Drop the subtrees whose leaves all have max σ ≤ ``prune_threshold`` (Nauta et al. 2021)."""
         sizes = model.prune_(cfg.prune_threshold)
         reporter.info(f"pruned tree: {sizes['leaves_before']} → {sizes['leaves_after']} leaves, "
                       f"{sizes['prototypes_before']} → {sizes['prototypes_after']} prototypes")

@@ -41,6 +41,16 @@ def push_epochs(cfg: TrainConfig) -> list[int]:
     return sorted(epochs)
 
 
+def last_layer_data(cfg: TrainConfig) -> str:
+    """What the last-layer stage trains on: ``cached`` (similarities of the un-augmented training
+    images, computed once) or ``augmented`` (the augmented training loader, one forward pass per
+    epoch, as ProtoPNet and the Proto2Proto code); ``auto`` is ``augmented`` under
+    ``fidelity: reference`` and ``cached`` otherwise."""
+    if cfg.last_layer_data != "auto":
+        return cfg.last_layer_data
+    return "augmented" if cfg.fidelity == "reference" else "cached"
+
+
 def joint_lr_factor(cfg: TrainConfig, epoch: int) -> float:
     """ProtoPNet's StepLR: × γ at ``lr_step_start`` and every ``lr_step_size`` epochs after it."""
     if cfg.lr_step_start is None or epoch < cfg.lr_step_start:

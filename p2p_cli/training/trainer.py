@@ -29,15 +29,15 @@ from p2p_cli.io.rundir import RunDir
 from p2p_cli.models.factory import save_model
 from p2p_cli.models.protopnet import PrototypeNetwork, log_similarity
 from p2p_cli.runtime.device import Runtime
-from p2p_cli.runtime.distributed import all_reduce_sum
+from p2p_cli.runtime.distributed import TrainedModules, all_reduce_sum, barrier, loss_weight, wrap_ddp
 from p2p_cli.runtime.reporter import Reporter
 from p2p_cli.runtime.seeding import seed_everything
-from p2p_cli.training.last_layer import fit_last_layer
+from p2p_cli.training.last_layer import fit_last_layer, last_layer_terms
 from p2p_cli.training.passes import min_distance_pass
 from p2p_cli.training.provenance import provenance_records, summarize
 from p2p_cli.training.push import push_prototypes
 from p2p_cli.training.recipes import recipe_for
-from p2p_cli.training.schedule import Step, group_lr
+from p2p_cli.training.schedule import Step, group_lr, last_layer_data
 from p2p_cli.training.snapshot import TrainState, read_snapshot, save_snapshot
 
 # (model, images (B, 3, S, S), labels (B,)) → the batch to train on instead, e.g. FGSM examples
@@ -63,15 +63,16 @@ class Trainer:
         self.metadata = metadata or {}
         self.adversary = adversary if cfg.adversarial != "none" else None
         self.recipe = recipe_for(model.arch)
+        self.joint_head = bool(getattr(objective, "trains_head_jointly", False))
         self.extra = nn.ModuleDict(objective.extra_modules()).to(rt.device)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.state = TrainState()
         self.logs: RunLogs | None = None
         self.steps = self.recipe.plan(cfg)
         self.scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
-        # the test set's min distances (N, m) and labels (N,) under the current backbone, add-on and
-        # prototypes (the last layer may change: logits are recomputed from them); None when stale
-        self._test_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._test_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # see test_min_distances
+        self._ddp: nn.Module | None = None  # the DDP wrapper of the current stage (see _replica)
+        self._ddp_stage = ""
 
     # -- optimisation -------------------------------------------------------------------------
     def _groups(self) -> dict[str, list[nn.Parameter]]:
@@ -85,7 +86,9 @@ class Trainer:
         if stage not in self.optimizers:
             groups = self._groups()
             param_groups = []
-            for name in self.recipe.stage_groups(stage, self.cfg, head_frozen=self.head_frozen):
+            trained = self.recipe.stage_groups(stage, self.cfg, head_frozen=self.head_frozen,
+                                               joint_head=self.joint_head)
+            for name in trained:
                 params = groups[name]
                 if params:
                     lr, wd = group_lr(self.cfg, name)
@@ -97,18 +100,60 @@ class Trainer:
         return self.optimizers[stage]
 
     def _freeze_except(self, stage: str) -> None:
-        trained = self.recipe.stage_groups(stage, self.cfg, head_frozen=self.head_frozen)
+        trained = self.recipe.stage_groups(stage, self.cfg, head_frozen=self.head_frozen,
+                                           joint_head=self.joint_head)
         for name, params in self._groups().items():
             for p in params:
                 p.requires_grad_(name in trained)
 
-    def _sync_grads(self, params: list[nn.Parameter]) -> None:
-        """Data parallelism: average gradients over the torch.distributed ranks."""
+    def _replica(self, stage: str, images: torch.Tensor, labels: torch.Tensor) -> nn.Module:
+        """What the training forward pass runs: the model, or under torch.distributed the model
+        and the objective's extra modules wrapped in DistributedDataParallel.
+
+        DDP registers the parameters that require gradients when it is built and then waits, every
+        step, for a gradient of each. So the wrapper is rebuilt whenever the trained set changes
+        (at a stage change, and after a push, a last-layer or a pruning step: a pruned tree has new
+        parameters), and it registers only what the stage's loss reaches: a trained group the loss
+        never touches (a FitNets hint in the warm stage does not reach the prototypes) gets no
+        gradient in one process either. That set is found once per wrapper with
+        ``torch.autograd.grad`` on the first batch (``images`` (B, 3, S, S), ``labels`` (B,)), in
+        eval mode so that BatchNorm statistics do not move. Re-wrapping costs one broadcast of the
+        parameters per stage; the alternative, one wrapper over every parameter with
+        ``find_unused_parameters=True``, searches the autograd graph after every forward pass
+        (docs/scaling.md compares the two).
+        """
         if not self.rt.distributed:
-            return
-        for p in params:
-            if p.grad is not None:
-                all_reduce_sum(p.grad, self.rt).div_(self.rt.world_size)
+            return self.model
+        if self._ddp is None or self._ddp_stage != stage:
+            self._ddp = None  # drop the old wrapper (and its gradient hooks) first
+            unreached = self._unreached(stage, images, labels)
+            for p in unreached:
+                p.requires_grad_(False)
+            try:
+                self._ddp = wrap_ddp(TrainedModules(self.model, self.extra), self.rt)
+            finally:
+                for p in unreached:
+                    p.requires_grad_(True)
+            self._ddp_stage = stage
+        return self._ddp
+
+    def _unreached(self, stage: str, images: torch.Tensor, labels: torch.Tensor) -> list[nn.Parameter]:
+        """The trainable parameters the loss of ``stage`` does not depend on (one probe batch)."""
+        params = [p for p in list(self.model.parameters()) + list(self.extra.parameters()) if p.requires_grad]
+        modes = [m.training for m in (self.model, self.extra)]
+        self.model.eval()
+        self.extra.eval()
+        try:
+            with self.rt.autocast():
+                out = self.model(images)
+            total = self.objective.loss(self.model, out, images, labels, stage)["total"]
+            if not total.requires_grad:
+                return params
+            grads = torch.autograd.grad(total, params, allow_unused=True)
+        finally:
+            self.model.train(modes[0])
+            self.extra.train(modes[1])
+        return [p for p, g in zip(params, grads, strict=True) if g is None]
 
     # -- the schedule -------------------------------------------------------------------------
     def fit(self, *, resume: bool = False) -> TrainState:
@@ -126,6 +171,8 @@ class Trainer:
             seed_everything(self.cfg.seed * 100_003 + i)
             t0 = time.perf_counter()
             rows = self._run(step, i)
+            if step.kind != "epoch":
+                self._ddp = None  # a push, last layer or pruning step: re-wrap for the next epoch
             for r in rows:
                 r.setdefault("seconds", round(time.perf_counter() - t0, 2))
             self.state.records.extend(rows)
@@ -138,6 +185,7 @@ class Trainer:
             self.state.step = i + 1
             self._save_snapshot()
         self._finish()
+        barrier(self.rt)  # the other ranks return once rank 0 has written the run (a next command reads it)
         return self.state
 
     def _run(self, step: Step, index: int) -> list[dict[str, Any]]:
@@ -148,7 +196,7 @@ class Trainer:
         if step.kind == "prune":
             return [self._prune(step)]
         if step.kind == "last_layer":
-            return self._last_layer(step)
+            return self._last_layer(step, index)
         raise ValueError(f"unknown step kind {step.kind!r}")
 
     def train_epoch(self, step: Step, index: int) -> dict[str, Any]:
@@ -158,40 +206,58 @@ class Trainer:
         caller seeds the global RNGs (``fit`` does, from ``cfg.seed`` and the index). The
         learning rates are the recipe's factor for ``step.epoch`` times the initial ones.
         """
-        cfg, rt, model = self.cfg, self.rt, self.model
-        self._test_cache = None  # the epoch changes what the min distances depend on
         self._freeze_except(step.stage)
         opt = self.optimizer(step.stage)
         if opt is not None:
-            factor = self.recipe.lr_factor(cfg, step.stage, step.epoch)
+            factor = self.recipe.lr_factor(self.cfg, step.stage, step.epoch)
             for g in opt.param_groups:
                 g["lr"] = g["initial_lr"] * factor
+        row = self._train_pass(step, opt, self.cfg.seed * 100_003 + index, step.epoch,
+                               f"epoch {step.epoch + 1}/{self.cfg.epochs} {step.stage}",
+                               lambda out, images, labels: self.objective.loss(self.model, out, images, labels,
+                                                                               step.stage))
+        if self._evaluate_after(step, index):
+            row["test_acc"] = self.test_accuracy()
+        return row
+
+    def _train_pass(self, step: Step, opt: torch.optim.Optimizer | None, epoch_seed: int, sampler_epoch: int,
+                    title: str, loss: Callable[[Any, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+                    ) -> dict[str, Any]:
+        """One pass over the augmented training set in train mode, one step of ``opt`` per batch
+        on ``loss(out, images, labels)["total"]``; order and augmentation depend only on
+        ``epoch_seed``. Returns the row: ``epoch``, ``stage``, mean loss terms, ``train_acc``, lrs."""
+        cfg, rt, model = self.cfg, self.rt, self.model
+        self._test_cache = None  # weights and BatchNorm statistics change: the min distances too
         model.train()
         self.extra.train()
-        epoch_seed = cfg.seed * 100_003 + index
         loader = train_loader(self.data.train, cfg, rt, epoch_seed=epoch_seed)
         augment_rng = torch.Generator().manual_seed(epoch_seed + (rt.rank + 1) * 7_919)  # a stream per rank
         if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(step.epoch)
-        trainable = [p for g in opt.param_groups for p in g["params"]] if opt else []
+            loader.sampler.set_epoch(sampler_epoch)
+        replica: nn.Module | None = None if opt is not None else model
+        global_sizes = loader.batch_sampler.global_sizes()
         sums: dict[str, float] = defaultdict(float)
         correct = seen = 0
-        with self.reporter.task(f"epoch {step.epoch + 1}/{cfg.epochs} {step.stage}", len(loader)) as advance:
-            for images, labels, _ in loader:
+        self.recipe.before_epoch(model, head_frozen=self.head_frozen)
+        with self.reporter.task(title, len(loader)) as advance:
+            for batch_index, (images, labels, _) in enumerate(loader):
                 images = rt.images(self.data.augment(images.to(rt.device, non_blocking=True), augment_rng))
                 labels = labels.to(rt.device)
                 if self.adversary is not None:  # robustness remedy: train on adversarial examples
                     images = self.adversary(model, images, labels)
+                if replica is None:
+                    replica = self._replica(step.stage, images, labels)
                 with rt.autocast():
-                    out = model(images)
-                terms = self.objective.loss(model, out, images, labels, step.stage)
+                    out = replica(images)
+                terms = loss(out, images, labels)
                 if opt is not None:
                     opt.zero_grad(set_to_none=True)
-                    self.scaler.scale(terms["total"]).backward()
-                    self._sync_grads(trainable)
+                    weight = loss_weight(len(labels), global_sizes[batch_index], rt)  # DDP averages: see there
+                    self.scaler.scale(terms["total"] * weight).backward()
                     self.scaler.step(opt)
                     self.scaler.update()
-                self.recipe.after_batch(model, out, labels, len(loader), rt, head_frozen=self.head_frozen)
+                if step.kind == "epoch":
+                    self.recipe.after_batch(model, out, labels, len(loader), rt, head_frozen=self.head_frozen)
                 n = len(labels)
                 for k, v in terms.items():
                     sums[k] += float(v.detach()) * n
@@ -205,8 +271,6 @@ class Trainer:
         row["train_acc"] = float(stats[0] / stats[1])
         if opt is not None:
             row.update(lr_fields(opt.param_groups))
-        if self._evaluate_after(step, index):
-            row["test_acc"] = self.test_accuracy()
         return row
 
     def _evaluate_after(self, step: Step, index: int) -> bool:
@@ -240,8 +304,8 @@ class Trainer:
 
     def test_min_distances(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The test set's (min distances (N, m), labels (N,)): one eval pass, reused until a training
-        epoch, a push or a pruning changes the model before its last layer (right after a push, the
-        accuracy row and the last-layer stage share one pass)."""
+        pass, a push or a pruning changes what they depend on (not the last layer: logits are
+        recomputed from them), so the push's accuracy row and the last-layer stage share one pass."""
         if self._test_cache is None:
             self._test_cache = self._min_distances(self.data.test, "test")
         return self._test_cache
@@ -254,21 +318,35 @@ class Trainer:
         self._test_cache = None
         return {"epoch": step.epoch + 1, "stage": step.stage, **sizes, "test_acc": self.test_accuracy()}
 
-    def _last_layer(self, step: Step) -> list[dict[str, Any]]:
-        """Convex last-layer optimisation on cached similarities (everything before h is frozen).
+    def _last_layer(self, step: Step, index: int) -> list[dict[str, Any]]:
+        """ProtoPNet's last-layer stage, ``CE + λ_l1·L1`` in h only (everything before it frozen).
 
-        The similarities of all un-augmented training images are computed once (one forward
-        pass); each epoch then shuffles them in mini-batches of ``batch_size``."""
+        ``last_layer_data`` cached: the similarities of all un-augmented training images are
+        computed once (one forward pass); each epoch shuffles them in mini-batches of
+        ``batch_size``. augmented: each epoch is a pass over the augmented training loader in
+        train mode, as ProtoPNet's and the Proto2Proto code's ``train_epoch`` (one forward per
+        batch, no backward through the frozen features; BatchNorm keeps batch statistics and
+        updates its running ones, as there); test accuracy is measured once, at the end."""
         cfg, model = self.cfg, self.model
         if self.head_frozen or cfg.last_layer_epochs == 0:
             return [{"epoch": step.epoch + 1, "stage": "last_layer", "test_acc": self.test_accuracy()}]
         self._freeze_except("last_layer")
         opt = self.optimizer("last_layer")
         assert opt is not None
+        if last_layer_data(cfg) == "augmented":
+            rows = []
+            for e in range(cfg.last_layer_epochs):
+                t0 = time.perf_counter()
+                row = self._train_pass(step, opt, cfg.seed * 100_003 + index + (e + 1) * 1_000_003,
+                                       step.epoch * 1_000 + e, f"last layer {e + 1}/{cfg.last_layer_epochs}",
+                                       lambda out, images, labels: last_layer_terms(model, out.logits, labels, cfg))
+                rows.append({**row, "ll_epoch": e + 1, "seconds": round(time.perf_counter() - t0, 3)})
+            rows[-1]["test_acc"] = self.test_accuracy()
+            return rows
         train_d, train_y = self._min_distances(self.data.push, "cache similarities")
         rows = fit_last_layer(model, opt, log_similarity(train_d), train_y, cfg, cfg.last_layer_epochs,
                               generator=torch.Generator().manual_seed(cfg.seed),
-                              test_accuracy=self.test_accuracy)
+                              test_accuracy=self.test_accuracy, rt=self.rt)
         lrs = lr_fields(opt.param_groups)
         return [{"epoch": step.epoch + 1, "stage": "last_layer", **row, **lrs} for row in rows]
 
@@ -284,8 +362,7 @@ class Trainer:
 
     def _load_snapshot(self) -> None:
         assert self.run is not None
-        snap = read_snapshot(self.run.snapshot_path)
-        self._test_cache = None
+        snap, self._test_cache = read_snapshot(self.run.snapshot_path), None
         self.model.load_state_dict(snap.model)  # first: a pruned tree's parameters take new shapes
         if snap.extra:
             self.extra.load_state_dict(snap.extra)

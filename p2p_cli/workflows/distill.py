@@ -46,21 +46,22 @@ def load_teacher(ref: str | None, workdir: Path, rt: Runtime) -> LoadedRun:
 
 def check_compatible(teacher: PrototypeNetwork, student: PrototypeNetwork, cfg: TrainConfig, method: str, head: str,
                      rt: Runtime, classes: list[str]) -> None:
-    """Clear errors before any training: prototype count and depth, feature grid (the classes are
-    checked by :meth:`~p2p_cli.models.runs.LoadedRun.check_classes`)."""
-    if method != "proto2proto" and head == "init":
-        return
-    if teacher.num_prototypes != student.num_prototypes:
-        if teacher.num_prototypes % len(classes):  # e.g. a pruned teacher: no prototypes_per_class fits
-            raise P2PError(f"prototype count mismatch: teacher m = {teacher.num_prototypes} (not a multiple of "
-                           f"its {len(classes)} classes, e.g. pruned), student m = {student.num_prototypes}; "
-                           f"no student can match it — use --method hint|rkd|kd with --head init")
-        raise P2PError(f"prototype count mismatch: teacher m = {teacher.num_prototypes}, student m = "
-                       f"{student.num_prototypes} (set prototypes_per_class to match)")
-    if method == "proto2proto":
-        if teacher.prototype_depth != student.prototype_depth:
-            raise P2PError(f"prototype depth mismatch: teacher D = {teacher.prototype_depth}, student D = "
-                           f"{student.prototype_depth} (set prototype_depth to match)")
+    """Clear errors before any training: prototype count (unless a KD baseline with its own head),
+    prototype depth (Proto2Proto), feature grid (Proto2Proto and the hint, which compare the two
+    models cell by cell); the classes are checked by :meth:`~p2p_cli.models.runs.LoadedRun.check_classes`."""
+    if method == "proto2proto" or head != "init":
+        if teacher.num_prototypes != student.num_prototypes:
+            if teacher.num_prototypes % len(classes):  # e.g. a pruned teacher: no prototypes_per_class fits
+                raise P2PError(f"prototype count mismatch: teacher m = {teacher.num_prototypes} (not a multiple "
+                               f"of its {len(classes)} classes, e.g. pruned), student m = "
+                               f"{student.num_prototypes}; no student can match it — use --method hint|rkd|kd "
+                               "with --head init")
+            raise P2PError(f"prototype count mismatch: teacher m = {teacher.num_prototypes}, student m = "
+                           f"{student.num_prototypes} (set prototypes_per_class to match)")
+    if method == "proto2proto" and teacher.prototype_depth != student.prototype_depth:
+        raise P2PError(f"prototype depth mismatch: teacher D = {teacher.prototype_depth}, student D = "
+                       f"{student.prototype_depth} (set prototype_depth to match)")
+    if method in ("proto2proto", "hint"):  # both compare the two models cell by cell on one H×W grid
         probe = torch.zeros(1, 3, cfg.image_size, cfg.image_size, device=rt.device)
         was_training = student.training
         student.eval()
@@ -104,7 +105,7 @@ def distill(cfg: TrainConfig, *, workdir: Path, name: str, rt: Runtime, reporter
     if cfg.method == "none":
         objective: Any = TaskObjective(cfg)
     else:
-        objective = DistillObjective(cfg, teacher, method, rt, student.prototype_depth)
+        objective = DistillObjective(cfg, teacher, method, rt, student)
     teacher_info = {"name": loaded.run.name, "path": str(loaded.run.path.resolve()), "weights_hash": loaded.weights,
                     "backbone": teacher.config.backbone}
     run = open_run(workdir, name, rt, overwrite=overwrite, resume=resume)

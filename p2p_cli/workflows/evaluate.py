@@ -9,7 +9,9 @@ metric (:mod:`p2p_cli.evaluation.report`): accuracy, AAP(τ) (Proto2Proto Eq. 7)
 ICCV 2023), explanation size and last-layer sparsity.
 
 The result is a plain, JSON-ready dict (see :func:`evaluate_models`), so ``p2p quickstart``
-and the CLI share this code.
+and the CLI share this code. Under ``torchrun`` each process computes a contiguous block of the
+split and every process then holds all arrays (the metrics are those of one process); rank 0
+writes the cache and ``--save-activations``.
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def evaluate_models(model_refs: Sequence[str], *, workdir: Path, teacher: str | 
         "cache": str(cache.root) if cache.enabled else None,
         "seconds": time.perf_counter() - t0,
     })
-    if opts.save_activations is not None:
+    if opts.save_activations is not None and rt.is_main:  # every rank holds the arrays; rank 0 writes
         save_activations(Path(opts.save_activations), rows, acts, arrays.clean, arrays.noisy, index, opts.split,
                          opts.noise_seed)
         report["activations_dir"] = str(opts.save_activations)

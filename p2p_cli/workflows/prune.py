@@ -27,6 +27,7 @@ from p2p_cli.models.factory import save_model
 from p2p_cli.models.runs import load_run
 from p2p_cli.pruning.loop import PruneOptions, PruneResult, prune_model, round_size, validate
 from p2p_cli.runtime.device import Runtime
+from p2p_cli.runtime.distributed import barrier
 from p2p_cli.runtime.reporter import Reporter
 from p2p_cli.runtime.seeding import seed_everything, set_deterministic
 from p2p_cli.workflows.runs import open_run, training_adversary, write_environment, write_run_config
@@ -70,6 +71,7 @@ def prune(ref: str, *, workdir: Path, name: str | None, opts: PruneOptions, rt: 
     run = open_run(workdir, name, rt, overwrite=overwrite, resume=False)  # created only once there is a result
     record = {"source": {"name": source.name, "path": str(source.path.resolve()), "weights_hash": source_hash},
               "method": opts.method, "target": opts.target if opts.method == "protopshare" else None,
+              "distance": opts.distance if opts.method == "protopshare" else None,
               "step": round_size(opts, model.num_prototypes), "fine_tune_epochs": cfg.last_layer_epochs
               if opts.fine_tune_epochs is None else opts.fine_tune_epochs, "feature_epochs": opts.feature_epochs,
               "rounds": len(result.rounds) - 1, "prototypes_before": model.num_prototypes,
@@ -89,6 +91,7 @@ def prune(ref: str, *, workdir: Path, name: str | None, opts: PruneOptions, rt: 
         run.write_metrics(result.rounds)
         write_metrics_csv(run.path / METRICS_CSV, result.rounds)
         write_model_card(run.path)
+    barrier(rt)  # every rank returns once rank 0 has written the pruned run
     summary = summarize(result, source, run, data.classes, model.class_identity, opts)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return run, summary

@@ -39,6 +39,7 @@ from p2p_cli.models.maps import upsampled_similarity
 from p2p_cli.models.protopnet import ProtoPNet
 from p2p_cli.models.runs import load_run
 from p2p_cli.runtime.device import Runtime, make_runtime
+from p2p_cli.runtime.distributed import barrier
 from p2p_cli.runtime.reporter import Reporter
 from p2p_cli.training.provenance import provenance_records, summarize
 from p2p_cli.training.push import PushResult, push_prototypes
@@ -126,6 +127,7 @@ def push_run(req: PushRequest, reporter: Reporter) -> dict[str, Any]:
                        f"distance {summary['max_distance_before']:.4g}); pass --overwrite to update its weights, "
                        "or --name NEW to write the pushed model as a new run")
     if not rt.is_main:
+        barrier(rt)  # return once rank 0 has written the result (a next command reads it)
         return summary
     if moved or target.path != run.path:
         test_ds = ImageDataset(index.test, eval_transform(cfg.image_size), image_size=cfg.image_size,
@@ -153,6 +155,7 @@ def push_run(req: PushRequest, reporter: Reporter) -> dict[str, Any]:
             summary["images"] = str(save_prototype_images(target.path / "prototypes", result, records, push_ds,
                                                           progress=advance))
     summary["seconds"] = round(time.perf_counter() - t0, 2)
+    barrier(rt)
     return summary
 
 
