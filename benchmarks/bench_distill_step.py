@@ -54,7 +54,7 @@ def main() -> None:
     teacher = protopnet(args.teacher).eval().requires_grad_(False)
     student = protopnet(args.student)
     plain = protopnet(args.student)
-    objective = DistillObjective(cfg, teacher, get_method("proto2proto"), rt, student.prototype_depth)
+    objective = DistillObjective(cfg, teacher, get_method("proto2proto"), rt, student)
     bare = timm.create_model(args.student, pretrained=False, num_classes=args.classes)
     bare.to(memory_format=torch.channels_last)
 

@@ -18,7 +18,12 @@ from p2p_cli.io.checkpoint import load_tensors
 from tests.conftest import run_cli
 
 
-def test_train_teacher_writes_a_complete_run(tmp_path, tiny_config, capsys):
+def test_train_teacher_writes_a_complete_run(tmp_path, tiny_config, capsys, monkeypatch):
+    from p2p_cli.training import trainer
+
+    passes: list[str] = []
+    real_pass = trainer.min_distance_pass
+    monkeypatch.setattr(trainer, "min_distance_pass", lambda *a: passes.append(a[-1]) or real_pass(*a))
     code, out, err = run_cli(["train-teacher", "--config", str(tiny_config), "--workdir", str(tmp_path),
                               "--name", "t", "--device", "cpu"], capsys)
     assert code == 0, err
@@ -30,6 +35,8 @@ def test_train_teacher_writes_a_complete_run(tmp_path, tiny_config, capsys):
     stages = [r["stage"] for r in records]
     assert stages[:3] == ["warm", "joint", "joint"] and "push" in stages and stages[-1] == "last_layer"
     assert all(0.0 <= r["test_acc"] <= 1.0 for r in records)
+    # one test pass per epoch (eval_every 1) and one after the push, which the last layer reuses
+    assert passes.count("test") == 3 + 1 and passes.count("cache similarities") == 1
     protos = json.loads((run / "prototypes.json").read_text())
     assert len(protos["prototypes"]) == 6 and protos["grid"] == [2, 2]
     assert all(p["distance_after"] < 1e-6 for p in protos["prototypes"])

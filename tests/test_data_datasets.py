@@ -365,6 +365,37 @@ def test_preload_fills_the_cache(tmp_path: Path) -> None:
         assert ds[i][0].shape == (3, 8, 8) and ds[i][0].dtype == torch.uint8
 
 
+def test_decoded_images_are_kept_on_disk_for_the_next_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from p2p_cli.data import images as images_module
+    from p2p_cli.data.decoded import decoded_cache_path
+
+    monkeypatch.setenv("P2P_CACHE_DIR", str(tmp_path / "cache"))
+    index = load_index("cub", make_cub(tmp_path / "cub"))
+    first = ImageDataset(index.train, None, image_size=8, cache=True)
+    first.preload(disk=True)
+    path = decoded_cache_path(index.train, 8, False)
+    assert path.is_file()
+    decoded: list[Path] = []
+    real = images_module.load_image
+    monkeypatch.setattr(images_module, "load_image", lambda s, *a: decoded.append(s.path) or real(s, *a))
+    second = ImageDataset(index.train, None, image_size=8, cache=True)
+    second.preload(disk=True)
+    assert decoded == []  # read back, nothing decoded
+    assert all(torch.equal(second.load(i), first.load(i)) for i in range(len(index.train)))
+    ImageDataset(index.train, None, image_size=16, cache=True).preload(disk=True)  # another size: decoded
+    assert len(decoded) == len(index.train)
+    decoded.clear()
+    changed = index.train[1].path
+    Image.new("RGB", (20, 10), (255, 0, 0)).save(changed)  # an edited image changes the key
+    os.utime(changed, ns=(1, 1))
+    third = ImageDataset(index.train, None, image_size=8, cache=True)
+    third.preload(disk=True)
+    assert len(decoded) == len(index.train) and decoded_cache_path(index.train, 8, False) != path
+    assert (third.load(1)[0] >= 250).all() and (third.load(1)[1] <= 5).all()  # the red image (JPEG-rounded)
+
+
 def test_share_cache_reads_the_other_datasets_images(tmp_path: Path) -> None:
     index = load_index("cub", make_cub(tmp_path / "cub"))
     train = ImageDataset(index.train, None, image_size=8, cache=True)

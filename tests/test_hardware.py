@@ -21,6 +21,13 @@ AVX2_ONLY = {"avx": True, "avx2": True, "fma3": True, "avx512_f": False, "avx512
              "amx_bf16": False, "amx_int8": False, "avx512_vnni": False}
 
 
+@pytest.fixture(autouse=True)
+def uncapped_isa(monkeypatch):
+    """No ISA cap from the environment unless a test sets one."""
+    for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+        monkeypatch.delenv(var, raising=False)
+
+
 @pytest.fixture()
 def cpu_caps(monkeypatch):
     """Pretend to be a CPU with the given capability flags."""
@@ -42,6 +49,23 @@ def test_capability_flags(cpu_caps, caps, bf16, int8):
     cpu_caps(caps)
     assert hardware.cpu_has_native_bf16() is bf16
     assert hardware.cpu_has_fast_int8() is int8
+
+
+@pytest.mark.parametrize(("var", "value", "bf16", "int8"), [
+    ("ONEDNN_MAX_CPU_ISA", "AVX2", False, False),  # how an AVX2-only CPU is emulated on a newer one
+    ("ONEDNN_MAX_CPU_ISA", "avx512_core_vnni", False, True),  # Cascade Lake's ISA: VNNI, no bf16
+    ("DNNL_MAX_CPU_ISA", "AVX512_CORE", False, False),
+    ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX", True, True),
+    ("ONEDNN_MAX_CPU_ISA", "ALL", True, True),
+    ("ATEN_CPU_CAPABILITY", "avx2", False, False),
+    ("ATEN_CPU_CAPABILITY", "avx512", True, True),
+])
+def test_an_isa_cap_in_the_environment_hides_what_the_cpu_has(cpu_caps, monkeypatch, var, value, bf16, int8):
+    cpu_caps(AMX)
+    monkeypatch.setenv(var, value)
+    assert hardware.cpu_has_native_bf16() is bf16
+    assert hardware.cpu_has_fast_int8() is int8
+    assert (resolve_precision("auto", CPU) is torch.bfloat16) is bf16
 
 
 def test_auto_precision_is_bf16_only_where_the_cpu_has_it(cpu_caps):

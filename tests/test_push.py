@@ -104,6 +104,25 @@ def test_receptive_field_of_a_known_conv_stack():
     assert isinstance(net[2], nn.MaxPool2d)  # the network itself is untouched
 
 
+def test_receptive_field_through_clipping_activations():
+    # residual sums grow the surrogate's activations past 6, where ReLU6 has no gradient; a block
+    # without a skip then cuts every path (EfficientNet-Lite's stride-2 blocks). conv3 p1 →
+    # (1×1 residual) ×4 → 1×1 conv → ReLU6: cell i sees [i − 1, i + 2)
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.act = nn.Conv2d(4, 4, 1), nn.ReLU6()
+
+        def forward(self, x):
+            return x + self.act(self.conv(x))
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU6(), *[Residual() for _ in range(4)],
+                        nn.Conv2d(4, 4, 1), nn.ReLU6())
+    xs, ys = feature_intervals(net, 8)
+    expected = [(max(0, i - 1), min(8, i + 2)) for i in range(8)]
+    assert xs == expected and ys == expected
+
+
 class _TinyProtoNet(nn.Module):
     """Backbone + 1×1 add-on, the two attributes receptive_field_boxes reads (config-less: no cache)."""
 

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from p2p_cli.evaluation.comparison import seed_statistics, verdict
-from p2p_cli.workflows.quickstart import ROLES, run_name
+from p2p_cli.workflows.quickstart import ROLES, run_name, seed_config
 from tests.conftest import run_cli
 
 
@@ -106,3 +106,17 @@ def test_seed_statistics_mean_and_sample_std_per_role():
     assert stats["proto2proto"]["ajs"]["mean"] == pytest.approx(0.5)
     assert stats["proto2proto"]["aap"]["mean"] == pytest.approx(0.25)
     assert stats["proto2proto"]["pms"] == {"mean": pytest.approx(0.6), "std": pytest.approx(math.sqrt(0.02)), "n": 2}
+
+
+def test_role_configs_layer_each_roles_keys_over_the_shared_ones():
+    from p2p_cli.workflows.presets import PRESETS, role_configs
+
+    preset = {"config": {"epochs": 3, "image_size": 64}, "teacher": "a", "student": "b",
+              "teacher_config": {"weights": "package:t", "epochs": 4}, "student_config": {"weights": "package:s"}}
+    teacher, student = role_configs(preset)
+    assert teacher == {"epochs": 4, "image_size": 64, "weights": "package:t"}
+    assert student == {"epochs": 3, "image_size": 64, "weights": "package:s"}
+    assert role_configs({"config": {"epochs": 3}}) == ({"epochs": 3}, {"epochs": 3})
+    for preset in PRESETS.values():  # every built-in preset's role configs are valid configs
+        for cfg in role_configs(preset):
+            seed_config(cfg, 0)

@@ -29,5 +29,9 @@ def listed(values: Any) -> list[Any]:
 def for_rank(rep: Reporter, rt: Runtime) -> Reporter:
     """``rep`` on the main process; a silent reporter on the other ranks of a torchrun job."""
     from p2p_cli.runtime.reporter import Reporter
+    from p2p_cli.runtime.threads import threads_note
 
-    return rep if rt.is_main else Reporter(enabled=False, verbose=rep.verbose)
+    if not rt.is_main:
+        return Reporter(enabled=False, verbose=rep.verbose)
+    rep.debug(threads_note())
+    return rep

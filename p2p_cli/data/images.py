@@ -205,15 +205,30 @@ class ImageDataset(Dataset):
         """Use ``other``'s image cache (same samples, size and crop) instead of filling a second one."""
         self._store, self._filled = other._store, other._filled
 
-    def preload(self, progress: Callable[[int, int], None] | None = None, threads: int = 2) -> None:
-        """Fill the cache now (no-op without ``cache=True``); ``progress(done, total)``."""
-        if not self.cache:
+    def preload(self, progress: Callable[[int, int], None] | None = None, threads: int = 2,
+                disk: bool = False) -> None:
+        """Fill the cache now (no-op without ``cache=True``); ``progress(done, total)``.
+
+        ``disk``: read the decoded images from the on-disk cache of :mod:`p2p_cli.data.decoded`
+        when an earlier run stored them, else decode them and store them there."""
+        if not self.cache or not self.samples:
             return
+        from p2p_cli.data.decoded import decoded_cache_path, load_decoded, save_decoded
+
+        path = decoded_cache_path(self.samples, self.image_size, self.crop_bbox) if disk else None
+        if path is not None and not self._filled.any():
+            stored = load_decoded(path, len(self.samples), self.image_size)
+            if stored is not None:
+                self._store = stored
+                self._filled[:] = True
+                return
         todo = [i for i in range(len(self.samples)) if not self._filled[i]]
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             for done, _ in enumerate(pool.map(self.load, todo), start=1):
                 if progress is not None:
                     progress(done, len(todo))
+        if path is not None and todo:
+            save_decoded(path, self._store)  # type: ignore[arg-type]
 
 
 __all__ = [

@@ -56,7 +56,8 @@ class DataBundle:
 def build_datasets(cfg: TrainConfig, index: DatasetIndex | None = None) -> DataBundle:
     """Train (uint8, augmented per batch by ``bundle.augment``), push and test datasets. With
     ``cache_images`` the decoded images are loaded once, in the main process, and the train and
-    push datasets share one cache."""
+    push datasets share one cache; the decoded tensors are also kept on disk for the next run on
+    the same files (:mod:`p2p_cli.data.decoded`)."""
     index = index or load_dataset_index(cfg)
     common = dict(image_size=cfg.image_size, crop_bbox=cfg.crop_bbox, cache=cfg.cache_images)
     bundle = DataBundle(
@@ -67,8 +68,8 @@ def build_datasets(cfg: TrainConfig, index: DatasetIndex | None = None) -> DataB
         test=ImageDataset(index.test, eval_transform(cfg.image_size), **common),
     )
     if cfg.cache_images:
-        bundle.train.preload()
-        bundle.test.preload()
+        bundle.train.preload(disk=True)
+        bundle.test.preload(disk=True)
         bundle.push.share_cache(bundle.train)
     return bundle
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 import p2p_cli
-from p2p_cli.data.index import DatasetIndex, Sample
+from p2p_cli.data.decoded import files_fingerprint
+from p2p_cli.data.index import DatasetIndex
 from p2p_cli.errors import P2PError, P2PWarning, os_error_message
 from p2p_cli.evaluation.activations import NOISE_CLIP, NOISE_STD, Activations, PartArgmax
 from p2p_cli.io.atomic import atomic_write_json
@@ -48,19 +48,6 @@ ACTIVATIONS_FORMAT = "p2p-activations"
 CACHE_VERSION = 2
 """Bump when the cached arrays change meaning: it is part of every cache key (2: min distances
 recomputed exactly at the arg-min cell, :func:`~p2p_cli.models.protopnet.min_distances_at_argmin`)."""
-
-
-def files_fingerprint(samples: Sequence[Sample]) -> str:
-    """Hash of the split's file list: path, label, box, size and mtime of every image."""
-    h = hashlib.sha256()
-    for s in samples:
-        try:
-            st = os.stat(s.path)
-            stamp = f"{st.st_size}:{st.st_mtime_ns}"
-        except OSError:
-            stamp = "missing"
-        h.update(f"{s.path}\t{s.label}\t{s.bbox}\t{stamp}\n".encode())
-    return h.hexdigest()[:16]
 
 
 def activation_key(*, weights: str, index: DatasetIndex, split: str, fingerprint: str, image_size: int,

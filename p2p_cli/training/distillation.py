@@ -15,7 +15,8 @@ from torch import nn
 
 from p2p_cli.io.config import TrainConfig
 from p2p_cli.losses.registry import DistillMethod
-from p2p_cli.models.protopnet import ProtoOutput, PrototypeNetwork
+from p2p_cli.models.inference import frozen_inference_copy
+from p2p_cli.models.protopnet import ProtoOutput, ProtoPNet, PrototypeNetwork, squared_l2_distances
 from p2p_cli.runtime.device import Runtime
 from p2p_cli.runtime.distributed import all_reduce_sum
 from p2p_cli.training.objectives import task_terms
@@ -42,7 +43,9 @@ class DistillObjective:
     last layer at ``lr_last_layer`` (decayed with the joint schedule), as the public code's
     ``joint`` optimizer does; in ``paper`` fidelity the last layer trains only in its own stage.
 
-    The teacher runs under ``torch.inference_mode()`` in eval mode: no graph, no gradients. Both
+    The teacher runs under ``torch.inference_mode()`` in eval mode: no graph, no gradients, from
+    a private copy with its BatchNorms folded and its backbone weights in the autocast precision
+    (:func:`~p2p_cli.models.inference.frozen_inference_copy`; ``teacher`` itself is untouched). Both
     models' outputs reach the method as dicts of logits (B, K), min distances (B, m), distance
     maps (B, m, H, W), features (B, D, H, W) and prototypes (m, D); a method that reads
     ``"backbone"`` (the FitNets hint) gets the backbone outputs (B, C, H, W) instead — the
@@ -53,7 +56,9 @@ class DistillObjective:
     def __init__(self, cfg: TrainConfig, teacher: PrototypeNetwork, method: DistillMethod, rt: Runtime,
                  student: PrototypeNetwork) -> None:
         self.cfg, self.teacher, self.method, self.rt = cfg, teacher, method, rt
+        self.fast_teacher = frozen_inference_copy(teacher, amp_dtype=rt.amp_dtype, channels_last=rt.channels_last)
         self.settings = method_settings(cfg)
+        self.teacher_keys = method.teacher_keys(self.settings)
         # the Proto2Proto code's joint optimizer also trains the student's last layer (lrLastLayer)
         self.trains_head_jointly = cfg.fidelity == "reference"
         self.uses_backbone = "backbone" in method.student_keys(self.settings)
@@ -75,11 +80,24 @@ class DistillObjective:
         return dict(self.modules.items())
 
     def teacher_outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The teacher's outputs the method reads (``method.teacher_keys``) for images (B, 3, S, S).
+
+        A ProtoPNet teacher whose distances are the last thing read (Proto2Proto: features,
+        distance maps, prototypes) stops there: its min distances at the arg-min — a (B, D, m)
+        gather — and its logits are not computed."""
+        prototypes = self.teacher.prototypes.detach()
         with torch.inference_mode(), self.rt.autocast():
-            if "backbone" in self.method.teacher_keys(self.settings):  # nothing past the backbone is read
-                return {"backbone": self.teacher.backbone(images)}
-            out = self.teacher(images)
-        return {**out._asdict(), "prototypes": self.teacher.prototypes.detach()}
+            if "backbone" in self.teacher_keys:  # nothing past the backbone is read
+                return {"backbone": self.fast_teacher.backbone(images)}
+            if self.teacher_keys <= {"features", "distances", "prototypes"} and isinstance(self.teacher, ProtoPNet):
+                feats = self.fast_teacher.features(images)
+                out = {"features": feats, "prototypes": prototypes}
+                if "distances" in self.teacher_keys:
+                    with torch.autocast(device_type=feats.device.type, enabled=False):
+                        out["distances"] = squared_l2_distances(feats, self.fast_teacher.prototypes)
+                return out
+            out = self.fast_teacher(images)
+        return {**out._asdict(), "prototypes": prototypes}
 
     def loss(self, model: PrototypeNetwork, out: ProtoOutput, images: torch.Tensor, labels: torch.Tensor,
              stage: str) -> dict[str, torch.Tensor]:

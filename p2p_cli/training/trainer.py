@@ -75,6 +75,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
         self.replicas = StageReplicas(model, self.extra, objective, rt)  # DDP wrappers per stage
         self.watch = DivergenceWatch()
+        self._test_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # see test_min_distances
 
     # -- optimisation -------------------------------------------------------------------------
     def _groups(self) -> dict[str, list[nn.Parameter]]:
@@ -187,6 +188,7 @@ class Trainer:
         on ``loss(out, images, labels)["total"]``; order and augmentation depend only on
         ``epoch_seed``. Returns the row: ``epoch``, ``stage``, mean loss terms, ``train_acc``, lrs."""
         cfg, rt, model = self.cfg, self.rt, self.model
+        self._test_cache = None  # weights and BatchNorm statistics change: the min distances too
         model.train()
         self.extra.train()
         loader = train_loader(self.data.train, cfg, rt, epoch_seed=epoch_seed)
@@ -250,6 +252,7 @@ class Trainer:
         """Project every prototype onto its nearest own-class training patch (in place); keeps
         the provenance records in ``state``; returns the metric row."""
         loader = eval_loader(self.data.push, self.cfg.test_batch_size, self.cfg.workers, self.rt)
+        self._test_cache = None  # the push moves the prototypes
         with self.reporter.task("push", len(loader.dataset)) as advance:
             result = push_prototypes(self.model, loader, self.rt, progress=advance)
         self.state.prototypes = provenance_records(result, self.data.index, self.model.class_identity.cpu(),
@@ -260,18 +263,27 @@ class Trainer:
         return {"epoch": step.epoch + 1, "stage": "push", "push_distance": summary["mean_distance_before"],
                 "test_acc": self.test_accuracy()}
 
-    def test_accuracy(self, cached: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
-        """Top-1 accuracy on the test set (from ``cached`` (min distances (N, m), labels (N,)) if given)."""
-        dists, labels = cached or self._min_distances(self.data.test, "test")
+    def test_accuracy(self) -> float:
+        """Top-1 accuracy on the test set, from :meth:`test_min_distances` and the current last layer."""
+        dists, labels = self.test_min_distances()
         with torch.no_grad():
             logits = self.model.logits_from_min_distances(dists)
         return float((logits.argmax(1) == labels).float().mean()) if len(labels) else 0.0
+
+    def test_min_distances(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The test set's (min distances (N, m), labels (N,)): one eval pass, reused until a training
+        pass, a push or a pruning changes what they depend on (not the last layer: logits are
+        recomputed from them), so the push's accuracy row and the last-layer stage share one pass."""
+        if self._test_cache is None:
+            self._test_cache = self._min_distances(self.data.test, "test")
+        return self._test_cache
 
     def _min_distances(self, ds: Dataset, description: str) -> tuple[torch.Tensor, torch.Tensor]:
         return min_distance_pass(self.model, ds, self.cfg, self.rt, self.reporter, description)
 
     def _prune(self, step: Step) -> dict[str, Any]:
         sizes = self.recipe.prune(self.model, self.cfg, self.reporter)
+        self._test_cache = None
         return {"epoch": step.epoch + 1, "stage": step.stage, **sizes, "test_acc": self.test_accuracy()}
 
     def _last_layer(self, step: Step, index: int) -> list[dict[str, Any]]:
@@ -299,11 +311,10 @@ class Trainer:
                 rows.append({**row, "ll_epoch": e + 1, "seconds": round(time.perf_counter() - t0, 3)})
             rows[-1]["test_acc"] = self.test_accuracy()
             return rows
-        test_cache = self._min_distances(self.data.test, "test")
         train_d, train_y = self._min_distances(self.data.push, "cache similarities")
         rows = fit_last_layer(model, opt, log_similarity(train_d), train_y, cfg, cfg.last_layer_epochs,
                               generator=torch.Generator().manual_seed(cfg.seed),
-                              test_accuracy=lambda: self.test_accuracy(test_cache), rt=self.rt)
+                              test_accuracy=self.test_accuracy, rt=self.rt)
         lrs = lr_fields(opt.param_groups)
         return [{"epoch": step.epoch + 1, "stage": "last_layer", **row, **lrs} for row in rows]
 
@@ -319,7 +330,7 @@ class Trainer:
 
     def _load_snapshot(self) -> None:
         assert self.run is not None
-        snap = read_snapshot(self.run.snapshot_path)
+        snap, self._test_cache = read_snapshot(self.run.snapshot_path), None
         try:
             self.model.load_state_dict(snap.model)  # first: a pruned tree's parameters take new shapes
             if snap.extra:

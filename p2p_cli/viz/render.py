@@ -14,6 +14,11 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
+PNG_OPTIONS = {"compress_level": 1}
+"""zlib level of every PNG p2p writes (Pillow's keyword; matplotlib's ``pil_kwargs``). Measured on
+the quickstart's 2392×1665 explanation figure: level 1 encodes 3× faster than Pillow's default 6
+(0.25 s instead of 0.8 s) for a file 24% larger; a report's figures took a third of ``visualize``."""
+
 HEATMAP_CMAP = "inferno"
 """Perceptually uniform colormap for similarity heat maps (dark = low, bright yellow = high)."""
 HEATMAP_ALPHA = 0.5
@@ -138,7 +143,7 @@ def scale_box(box: Box, sx: float, sy: float) -> list[float]:
 def png_bytes(image: np.ndarray) -> bytes:
     """Encode a uint8 image as PNG."""
     buf = io.BytesIO()
-    Image.fromarray(as_uint8_rgb(image)).save(buf, format="PNG")
+    Image.fromarray(as_uint8_rgb(image)).save(buf, format="PNG", **PNG_OPTIONS)
     return buf.getvalue()
 
 

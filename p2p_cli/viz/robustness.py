@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from p2p_cli.viz.render import draw_box, overlay_heatmap
+from p2p_cli.viz.render import PNG_OPTIONS, draw_box, overlay_heatmap
 
 BOX_COLOR = (255, 230, 0)  # the 95th-percentile box (the paper's yellow rectangle)
 S_COLOR = (255, 255, 255)  # S: the cells of the original best match (dashed)
@@ -62,7 +62,7 @@ def _figure(width: float, height: float):
 
 def _png(plt, fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
+    fig.savefig(buf, format="png", bbox_inches="tight", pil_kwargs=PNG_OPTIONS)
     plt.close(fig)
     return buf.getvalue()
 

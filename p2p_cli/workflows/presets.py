@@ -68,6 +68,13 @@ ABLATIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 )
 
 
+def role_configs(preset: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The teacher's and the students' config keys: ``config`` updated by the preset's optional
+    ``teacher_config`` and ``student_config`` (e.g. each backbone's own pretrained weights)."""
+    base = preset["config"]
+    return {**base, **preset.get("teacher_config", {})}, {**base, **preset.get("student_config", {})}
+
+
 def get_preset(name: str) -> dict[str, Any]:
     if name not in PRESETS:
         raise P2PError(f"unknown preset '{name}'{did_you_mean(name, PRESETS)}; choose from {', '.join(PRESETS)}")

@@ -29,7 +29,7 @@ from p2p_cli.runtime.device import Runtime
 from p2p_cli.runtime.reporter import Reporter
 from p2p_cli.workflows.distill import distill
 from p2p_cli.workflows.evaluate import evaluate_models
-from p2p_cli.workflows.presets import ABLATIONS, get_preset
+from p2p_cli.workflows.presets import ABLATIONS, get_preset, role_configs
 from p2p_cli.workflows.prune import PruneOptions, prune
 from p2p_cli.workflows.train_teacher import train_teacher
 from p2p_cli.workflows.visualize import VisualizeRequest, visualize
@@ -86,21 +86,22 @@ def seed_config(base: dict[str, Any], seed: int, **overrides: Any) -> TrainConfi
 
 def train_all(opts: QuickstartOptions, rt: Runtime, reporter: Reporter, log: StepLog) -> None:
     preset = get_preset(opts.preset)
-    base, teacher_bb, student_bb = preset["config"], preset["teacher"], preset["student"]
+    teacher_base, student_base = role_configs(preset)
+    teacher_bb, student_bb = preset["teacher"], preset["student"]
     w = opts.workdir
     for k in range(opts.seeds):
         t, b, p = (run_name(r, k) for r in ROLES)
-        t_cfg = seed_config(base, k, backbone=teacher_bb)
+        t_cfg = seed_config(teacher_base, k, backbone=teacher_bb)
         _run_once(log, w, t, lambda t_cfg=t_cfg, t=t, **kw: train_teacher(t_cfg, workdir=w, name=t, rt=rt,
                                                                            reporter=reporter, **kw), reporter)
         for name, method in ((b, "none"), (p, "proto2proto")):
             # both students share a seed (a fair comparison) that differs from the teacher's
-            s_cfg = seed_config(base, STUDENT_SEED + k, backbone=student_bb, teacher=t, method=method)
+            s_cfg = seed_config(student_base, STUDENT_SEED + k, backbone=student_bb, teacher=t, method=method)
             _run_once(log, w, name, lambda s_cfg=s_cfg, name=name, **kw: distill(
                 s_cfg, workdir=w, name=name, rt=rt, reporter=reporter, **kw), reporter)
     if opts.ablations:
         for suffix, _, overrides in ABLATIONS:
-            cfg = seed_config(base, STUDENT_SEED, backbone=student_bb, teacher="teacher", method="proto2proto",
+            cfg = seed_config(student_base, STUDENT_SEED, backbone=student_bb, teacher="teacher", method="proto2proto",
                               **overrides)
             name = f"ablation-{suffix}"
             _run_once(log, w, name, lambda cfg=cfg, name=name, **kw: distill(
