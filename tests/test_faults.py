@@ -111,7 +111,8 @@ def test_overwrite_killed_then_failing_leaves_the_old_run_byte_identical(workdir
 
 def test_sigint_during_overwrite_keeps_the_old_run(workdir):
     old = digest(workdir / "t")
-    proc = subprocess.Popen([sys.executable, "-m", "p2p_cli", *train_args(workdir, "--overwrite")],
+    # 30 epochs: the run cannot finish between the check and the signal, even on a loaded machine
+    proc = subprocess.Popen([sys.executable, "-m", "p2p_cli", *train_args(workdir, "--overwrite", "--epochs", "30")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for(workdir / ".t.overwrite" / "t" / "config.yaml", proc)
     proc.send_signal(signal.SIGINT)
