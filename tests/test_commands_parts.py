@@ -82,6 +82,15 @@ def test_no_config_means_the_cpu_schedule_on_a_cpu_and_the_paper_like_one_on_a_g
     assert values == {} and "paper-like" in label
 
 
+def test_the_cpu_schedule_weakens_the_prototype_terms_for_bottleneck_resnets_only():
+    assert default_schedule("cpu", "resnet34")[1] == CPU_SCHEDULE
+    values = default_schedule("cpu", "resnet50")[1]
+    assert (values["lambda_clst"], values["lambda_sep"]) == (0.08, -0.008)
+    assert {k: v for k, v in values.items() if not k.startswith("lambda_")} == {
+        k: v for k, v in CPU_SCHEDULE.items() if not k.startswith("lambda_")}
+    assert default_schedule("cuda", "resnet50")[1] == {}
+
+
 def test_the_schedule_line_names_the_settings_and_the_time():
     cfg = TrainConfig(image_size=112, epochs=1)
     assert train_defaults.schedule_line(cfg, "X", 42.4) == (

@@ -31,14 +31,27 @@ classes at 112 px, stride-16 features giving a 7×7 grid, one push at the end) f
 two cores (about 2 min for a resnet50 teacher and 2 min for its resnet18 student on a 2-core
 AVX512-BF16 CPU, measured)."""
 
+CPU_BOTTLENECK_RESNETS: dict[str, Any] = {"lambda_clst": 0.08, "lambda_sep": -0.008}
+"""What the CPU schedule changes for the randomly initialised bottleneck ResNets (resnet50, 101, 152):
+ProtoPNet's cluster and separation weights (Chen et al. 2019, §2.2; 0.8 and −0.08) ÷ 10. At full
+weight they pull the add-on features (1024 saturating inputs at stride 16) and the prototypes
+onto one point before the backbone separates the classes: CE stays at ln 10 for all 12 epochs
+(measured; see docs/resnet50-cpu-schedule.md)."""
+
+BOTTLENECK_RESNETS = frozenset({"resnet50", "resnet101", "resnet152"})
+
 FORWARD_SHARE = 0.35
 """A forward pass of an image costs about this share of a training step (forward + backward)."""
 
 
-def default_schedule(device_type: str) -> tuple[str, dict[str, Any]]:
-    """(what the user is told, the config values) of the schedule used without ``--config``."""
+def default_schedule(device_type: str, backbone: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(what the user is told, the config values) of the schedule used without ``--config``;
+    ``backbone`` (the ``--backbone`` flag) selects a family's entry of the CPU schedule."""
     if device_type == "cpu":
-        return "built-in data, CPU-sized schedule (no GPU)", dict(CPU_SCHEDULE)
+        values = dict(CPU_SCHEDULE)
+        if backbone in BOTTLENECK_RESNETS:
+            values.update(CPU_BOTTLENECK_RESNETS)
+        return "built-in data, CPU-sized schedule (no GPU)", values
     return "built-in data, paper-like schedule (GPU)", {}
 
 

@@ -27,7 +27,7 @@ def teacher_config(path: str | Path | None, overrides: dict[str, Any], device: s
     without a file, defaults ← the built-in schedule for ``device`` ← flags."""
     if path:
         return load_config(path, overrides), None
-    label, values = default_schedule(resolve_device(device).type)
+    label, values = default_schedule(resolve_device(device).type, overrides.get("backbone"))
     return build_config(values, overrides, source="built-in schedule"), label
 
 
