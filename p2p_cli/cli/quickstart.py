@@ -13,9 +13,9 @@ from p2p_cli.workflows.presets import PRESETS
 
 @with_options
 def quickstart_cmd(
-    preset: Annotated[str, typer.Option("--preset", metavar="|".join(PRESETS), help="fast takes ~8 minutes on a "
-                                        "2-core CPU with AMX (bf16), ~18 with AVX2 only (fp32); full doubles data "
-                                        "and epochs; tiny is a smoke test")] = "fast",
+    preset: Annotated[str, typer.Option("--preset", metavar="|".join(PRESETS), help="fast takes ~4-8 minutes on a "
+                                        "2-core CPU with bf16 (AMX or AVX512-BF16), longer with AVX2 only (fp32); "
+                                        "full doubles data and epochs; tiny is a smoke test")] = "fast",
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="repeat the three trainings with N seeds; "
                                        "the report gives mean ± std")] = 1,
     ablations: Annotated[bool, typer.Option("--ablations", help="add the paper's Table 4 rows "
