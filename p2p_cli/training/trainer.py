@@ -173,7 +173,7 @@ class Trainer:
             factor = self.recipe.lr_factor(self.cfg, step.stage, step.epoch)
             for g in opt.param_groups:
                 g["lr"] = g["initial_lr"] * factor
-        row = self._train_pass(step, opt, self.cfg.seed * 100_003 + index, step.epoch,
+        row = self._train_pass(step, opt, self.cfg.seed * 100_003 + index,
                                f"epoch {step.epoch + 1}/{self.cfg.epochs} {step.stage}",
                                lambda out, images, labels: self.objective.loss(self.model, out, images, labels,
                                                                                step.stage))
@@ -181,7 +181,7 @@ class Trainer:
             row["test_acc"] = self.test_accuracy()
         return row
 
-    def _train_pass(self, step: Step, opt: torch.optim.Optimizer | None, epoch_seed: int, sampler_epoch: int,
+    def _train_pass(self, step: Step, opt: torch.optim.Optimizer | None, epoch_seed: int,
                     title: str, loss: Callable[[Any, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
                     ) -> dict[str, Any]:
         """One pass over the augmented training set in train mode, one step of ``opt`` per batch
@@ -193,8 +193,6 @@ class Trainer:
         self.extra.train()
         loader = train_loader(self.data.train, cfg, rt, epoch_seed=epoch_seed)
         augment_rng = torch.Generator().manual_seed(epoch_seed + (rt.rank + 1) * 7_919)  # a stream per rank
-        if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(sampler_epoch)
         replica: nn.Module | None = None if opt is not None else model
         global_sizes = loader.batch_sampler.global_sizes()
         trainable = [p for g in opt.param_groups for p in g["params"]] if opt else []
@@ -306,7 +304,7 @@ class Trainer:
             for e in range(cfg.last_layer_epochs):
                 t0 = time.perf_counter()
                 row = self._train_pass(step, opt, cfg.seed * 100_003 + index + (e + 1) * 1_000_003,
-                                       step.epoch * 1_000 + e, f"last layer {e + 1}/{cfg.last_layer_epochs}",
+                                       f"last layer {e + 1}/{cfg.last_layer_epochs}",
                                        lambda out, images, labels: last_layer_terms(model, out.logits, labels, cfg))
                 rows.append({**row, "ll_epoch": e + 1, "seconds": round(time.perf_counter() - t0, 3)})
             rows[-1]["test_acc"] = self.test_accuracy()
